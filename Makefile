@@ -1,0 +1,76 @@
+# clipnotes: `make book` builds the site, `make test` verifies everything.
+# Both create/refresh the virtual environment in .venv first, and are safe to rerun.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.clipnotes-installed
+FINGERPRINT := _build/.clipnotes-fingerprint
+
+# Offline, headless, deterministic, quiet progress bars.
+export CLIPNOTES_PROFILE ?= mini
+export CLIPNOTES_SEED ?= 0
+export CLIPNOTES_CACHE ?= $(CURDIR)/.cache/clipnotes
+export PYTHONHASHSEED := 0
+export TQDM_DISABLE := 1
+export HF_HUB_OFFLINE := 1
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help env book test unit nbval book-strict bench pretrain-mini doctor clean
+
+help:
+	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
+	@echo "make test   - set up .venv, unit tests, every notebook under nbval, strict book build"
+	@echo "make bench  - run the benchmarks in benchmarks/"
+	@echo "make doctor - check the installation"
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	@echo "==> setting up the virtual environment in $(VENV)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+# Throw the notebook execution cache away whenever the package or its checkpoint changed,
+# so the book never shows outputs of older code.
+cache-guard: $(STAMP)
+	@mkdir -p _build
+	@fp=$$(cat clipnotes/*.py clipnotes/assets/*.* clipnotes/assets/model_configs/* | sha256sum | cut -c1-16); \
+	if [ "$$(cat $(FINGERPRINT) 2>/dev/null)" != "$$fp" ]; then \
+	  echo "==> clipnotes changed: clearing the notebook execution cache"; \
+	  rm -rf _build/.jupyter_cache; echo $$fp > $(FINGERPRINT); fi
+
+book: cache-guard
+	@echo "==> executing the chapters (profile $$CLIPNOTES_PROFILE) and building the site"
+	$(BIN)/jupyter-book build . --keep-going
+	@echo "==> open _build/html/index.html"
+
+book-strict: cache-guard
+	@echo "==> building the book with warnings as errors"
+	$(BIN)/jupyter-book build . -W --keep-going
+
+unit: $(STAMP)
+	@echo "==> unit tests (sockets disabled)"
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests --disable-socket --allow-unix-socket -q
+
+nbval: $(STAMP)
+	@echo "==> every notebook under nbval"
+	HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
+	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly -q
+
+test: unit nbval book-strict
+	@echo "==> all tests passed"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/render_speed.py
+
+doctor: $(STAMP)
+	$(BIN)/python -m clipnotes doctor
+
+pretrain-mini: $(STAMP)
+	$(BIN)/python -m clipnotes pretrain-mini
+
+clean:
+	rm -rf _build .cache .pytest_cache
