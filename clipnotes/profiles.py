@@ -1,0 +1,94 @@
+"""The two profiles: ``mini`` (CPU, offline, minutes) and ``paper`` (one GPU, real weights).
+
+Chapters never branch on the profile: they read its settings. Choose one with an
+argument or ``CLIPNOTES_PROFILE``; ``CLIPNOTES_SEED`` fixes every number of a run,
+``CLIPNOTES_CACHE`` is where features and checkpoints are cached,
+``CLIPNOTES_DATA`` where `paper` datasets live, and ``CLIPNOTES_DOWNLOAD=1`` allows
+downloads (never in ``mini``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .utils import ClipnotesError
+
+PROFILES = ("mini", "paper")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Settings of one profile. Every size a chapter uses lives here."""
+
+    name: str
+    seed: int
+    device: str
+    precision: str                 # "fp32" or "bf16"/"fp16" autocast on CUDA
+    model: str                     # open_clip model name
+    pretrained: str                # "shipped" (mini) or an open_clip tag
+    frozen_model: str              # backbone for frozen-encoder chapters (CoOp, CLAP)
+    cache_dir: Path
+    data_dir: Path
+    download: bool
+    eval_batch_size: int
+    train_batch_size: int
+    n_test_per_domain: int         # mini: held-out images per domain
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self):
+        """A context manager: bf16/fp16 autocast on CUDA, nothing on CPU."""
+        enabled = self.device.startswith("cuda") and self.autocast_dtype is not None
+        return torch.autocast("cuda", dtype=self.autocast_dtype, enabled=enabled) if enabled \
+            else torch.autocast("cpu", enabled=False)
+
+    def with_seed(self, seed: int) -> "Profile":
+        return replace(self, seed=int(seed))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "clipnotes"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ClipnotesError(f"{name}={raw!r} is not an integer; set it to e.g. 0") from None
+
+
+def get_profile(name: str | None = None, *, seed: int | None = None, download: bool | None = None,
+                check: bool = True) -> Profile:
+    """The settings of profile ``name`` (default: ``CLIPNOTES_PROFILE`` or ``"mini"``).
+
+    ``check=False`` skips the hardware check (tests build `paper` settings on CPU).
+    """
+    name = (name or os.environ.get("CLIPNOTES_PROFILE") or "mini").strip().lower()
+    if name not in PROFILES:
+        raise ClipnotesError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} "
+                             "(argument or CLIPNOTES_PROFILE)")
+    seed = _env_int("CLIPNOTES_SEED", 0) if seed is None else int(seed)
+    cache = Path(os.environ.get("CLIPNOTES_CACHE") or default_cache_dir()).expanduser()
+    data = Path(os.environ.get("CLIPNOTES_DATA") or cache / "data").expanduser()
+    if download is None:
+        download = os.environ.get("CLIPNOTES_DOWNLOAD", "0").lower() in ("1", "true", "yes")
+    if name == "mini":
+        return Profile("mini", seed, "cpu", "fp32", "clipnotes-mini", "shipped", "clipnotes-mini",
+                       cache, data, False, eval_batch_size=512, train_batch_size=128,
+                       n_test_per_domain=1000)
+    if check and not torch.cuda.is_available():
+        raise ClipnotesError("profile 'paper' needs a CUDA GPU and none was found; use profile 'mini' "
+                             "or open the chapter in Colab with a GPU runtime")
+    precision = "bf16" if (not check or torch.cuda.is_bf16_supported()) else "fp16"
+    return Profile("paper", seed, "cuda", precision, "ViT-B-32-quickgelu", "openai", "ViT-B-16-quickgelu",
+                   cache, data, download, eval_batch_size=512, train_batch_size=256,
+                   n_test_per_domain=0)
