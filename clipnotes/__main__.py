@@ -1,0 +1,117 @@
+"""The clipnotes command line: ``python -m clipnotes {doctor,pretrain-mini}``."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+from .utils import ClipnotesError
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import numpy
+    import open_clip
+    import torch
+    import torchvision
+
+    from . import __version__
+    from .models import MINI_CHECKPOINT, create_mini, mini_card, verify_shipped_checkpoint
+    from .profiles import get_profile
+
+    ok = True
+
+    def line(status: str, what: str, detail: str = "") -> None:
+        print(f"{status:<7} {what:<22} {detail}")
+
+    line("info", "python", platform.python_version())
+    for mod in (torch, torchvision, open_clip, numpy):
+        line("info", mod.__name__, mod.__version__)
+    line("info", "clipnotes", __version__)
+    cuda = torch.cuda.is_available()
+    line("info", "device", torch.cuda.get_device_name(0) if cuda else f"CPU only ({os.cpu_count()} cores)")
+    try:
+        prof = get_profile()
+        line("ok", "profile", f"{prof.name} (seed {prof.seed}, device {prof.device}, {prof.precision})")
+    except ClipnotesError as e:
+        ok = False
+        line("PROBLEM", "profile", str(e))
+        prof = get_profile("mini")
+    cache = prof.cache_dir
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe = cache / ".doctor"
+        probe.write_text("ok")
+        probe.unlink()
+        line("ok", "cache dir", str(cache))
+    except OSError as e:
+        ok = False
+        line("PROBLEM", "cache dir", f"{cache} is not writable ({e.strerror}); set CLIPNOTES_CACHE")
+    try:
+        sha = verify_shipped_checkpoint()
+        card = mini_card()
+        size_mb = MINI_CHECKPOINT.stat().st_size / 2**20
+        line("ok", "mini checkpoint", f"sha256 {sha[:16]}… ({size_mb:.1f} MB, {card['parameters']:,} parameters)")
+        create_mini("shipped")
+        last = card["log"][-1]
+        line("ok", "mini zero-shot", f"held-out mean {last['zs_mean']:.1%} (single template), "
+                                     f"retrieval R@1 {last['retrieval_r1']:.1%}")
+    except ClipnotesError as e:
+        ok = False
+        line("PROBLEM", "mini checkpoint", str(e))
+    print("all good" if ok else "some checks failed: see PROBLEM lines")
+    return 0 if ok else 1
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .models import MINI_CHECKPOINT, mini_card
+    from .pretrain import PretrainConfig, pretrain
+    from .profiles import default_cache_dir
+
+    base = PretrainConfig(**mini_card()["config"]) if MINI_CHECKPOINT.exists() else PretrainConfig()
+    overrides = {k: v for k, v in (("steps", args.steps), ("world_seed", args.world_seed),
+                                   ("init_seed", args.init_seed), ("threads", args.threads)) if v is not None}
+    cfg = PretrainConfig(**{**base.__dict__, **overrides})
+    cache = Path(os.environ.get("CLIPNOTES_CACHE") or default_cache_dir())
+    run_dir = Path(args.run_dir) if args.run_dir else cache / "pretrain-mini" / cfg.key
+    out = Path(args.out) if args.out else run_dir / "mini_clip.pt"
+    print(f"pretraining clipnotes-mini: {cfg.steps} steps of {cfg.batch_size} pairs; run dir {run_dir} "
+          "(rerun the same command to resume)")
+    card = pretrain(cfg, run_dir, out)
+    last = card["log"][-1]
+    print(f"done in {card['minutes']:.1f} min: zero-shot {last['zs_mean']:.1%}, R@1 {last['retrieval_r1']:.1%}; "
+          f"weights {out} (sha256 {card['sha256'][:16]}…)")
+    if MINI_CHECKPOINT.exists():
+        shipped = mini_card()["log"][-1]
+        print(f"shipped checkpoint: zero-shot {shipped['zs_mean']:.1%}, R@1 {shipped['retrieval_r1']:.1%}; "
+              f"identical weights: {card['sha256'] == mini_card()['sha256']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipnotes", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("doctor", help="check versions, device, profile, cache and the shipped checkpoint")
+    d.set_defaults(func=_doctor)
+    p = sub.add_parser("pretrain-mini", help="retrain the tiny CLIP from scratch (resumable)")
+    p.add_argument("--steps", type=int, help="training steps (default: the shipped run's)")
+    p.add_argument("--world-seed", type=int, help="seed of the pretraining world")
+    p.add_argument("--init-seed", type=int, help="seed of the initial weights")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--run-dir", help="where the resumable state lives")
+    p.add_argument("--out", help="where to write the final weights (a .json card goes beside them)")
+    p.set_defaults(func=_pretrain)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ClipnotesError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

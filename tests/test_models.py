@@ -1,0 +1,127 @@
+import shutil
+
+import open_clip
+import pytest
+import torch
+
+from clipnotes import models
+from clipnotes.models import create_mini, create_paper, mini_tokenizer
+from clipnotes.profiles import get_profile
+from clipnotes.utils import ClipnotesError
+from clipnotes.zeroshot import head_by_hand, zero_shot_head
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def test_word_tokenizer_layout():
+    tok = mini_tokenizer()
+    ids = tok(["a photo of a star.", "zebra"])
+    assert ids.shape == (2, tok.context_length)
+    assert ids[0, 0] == tok.sot_id
+    eot_pos = ids[0].argmax().item()            # open_clip's argmax pooling finds <eot>
+    assert ids[0, eot_pos] == tok.eot_id == tok.vocab_size - 1
+    assert tok.decode(ids[0]) == "a photo of a star ."
+    assert ids[1, 1] == tok.unk_id and tok.unknown_words("zebra star") == ["zebra"]
+
+
+def test_tokenizer_truncates_keeping_eot():
+    tok = mini_tokenizer()
+    ids = tok(" ".join(["star"] * 100))
+    assert ids[0, -1] == tok.eot_id
+
+
+# ----------------------------------------------------------------------------- profiles
+def test_profiles(monkeypatch):
+    monkeypatch.delenv("CLIPNOTES_PROFILE", raising=False)
+    monkeypatch.setenv("CLIPNOTES_SEED", "3")
+    p = get_profile()
+    assert p.name == "mini" and p.seed == 3 and p.device == "cpu"
+    with pytest.raises(ClipnotesError, match="unknown profile 'huge'; choose one of mini, paper"):
+        get_profile("huge")
+    monkeypatch.setenv("CLIPNOTES_SEED", "x")
+    with pytest.raises(ClipnotesError, match="CLIPNOTES_SEED"):
+        get_profile("mini")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_paper_without_cuda_fails_early():
+    with pytest.raises(ClipnotesError, match="needs a CUDA GPU"):
+        get_profile("paper")
+
+
+def test_paper_without_weights_or_permission(tmp_path):
+    with pytest.raises(ClipnotesError, match="CLIPNOTES_DOWNLOAD=1"):
+        create_paper("ViT-B-32-quickgelu", "openai", cache_dir=tmp_path, download=False)
+    with pytest.raises(ClipnotesError, match="unknown open_clip model"):
+        create_paper("ViT-Z-99", None)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_shipped_checkpoint_loads_and_is_small():
+    assert models.MINI_CHECKPOINT.stat().st_size < 10 * 2**20
+    b = create_mini("shipped")
+    assert isinstance(b.model, open_clip.CLIP)
+    assert b.pretrained.startswith("shipped-")
+
+
+def test_corrupt_shipped_checkpoint_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "mini_clip.pt"
+    shutil.copy(models.MINI_CHECKPOINT, bad)
+    with open(bad, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"\x00" * 16)
+    monkeypatch.setattr(models, "MINI_CHECKPOINT", bad)
+    with pytest.raises(ClipnotesError, match="fails its sha256 check"):
+        create_mini("shipped")
+
+
+def test_corrupt_or_foreign_files_get_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ClipnotesError, match="corrupt or not a torch weights file"):
+        create_mini(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, foreign)
+    with pytest.raises(ClipnotesError, match="does not fit CLIP"):
+        create_mini(foreign)
+    with pytest.raises(ClipnotesError, match="does not exist"):
+        create_mini(tmp_path / "missing.pt")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    b = create_mini(None, seed=1)
+    path = tmp_path / "w.pt"
+    torch.save(b.model.state_dict(), path)
+    c = create_mini(path)
+    assert all(torch.equal(v, c.model.state_dict()[k]) for k, v in b.model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- paper architectures
+@pytest.mark.parametrize("name", models.PAPER_MODELS)
+def test_paper_architectures_run_with_random_weights(name):
+    b = create_paper(name, pretrained=None)
+    assert b.image_size == 224
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)     # CIFAR-sized, upscaled on device
+    with torch.no_grad():
+        img = b.encode_images(images)
+        txt = b.encode_texts(["a photo of a cat.", "a photo of a dog."])
+    assert img.shape == txt.shape == (2, 512)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(2), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- zero-shot head
+def test_zero_shot_head_equals_one_built_by_hand():
+    b = create_mini("shipped")
+    templates = ["a photo of a {}.", "a sketch of a {}."]
+    names = ["star", "heart", "circle"]
+    h1 = zero_shot_head(b, names, templates)
+    h2 = head_by_hand(b, names, templates)
+    assert h1.shape == (b.model.text_projection.shape[1], 3)
+    assert torch.allclose(h1, h2, atol=1e-5)
+
+
+def test_zero_shot_head_rejects_empty_inputs():
+    b = create_mini("shipped")
+    with pytest.raises(ClipnotesError, match="class list is empty"):
+        zero_shot_head(b, [], ["a photo of a {}."])
+    with pytest.raises(ClipnotesError, match="template list is empty"):
+        zero_shot_head(b, ["star"], [])
