@@ -1,0 +1,58 @@
+"""Chapter plumbing: the settings cell, glued numbers, results shared between chapters."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .profiles import Profile, get_profile
+from .utils import save_json
+
+_STARTED: float | None = None
+
+
+def setup(profile: str | None = None, seed: int | None = None, download: bool | None = None) -> Profile:
+    """The settings cell of every chapter: pick the profile, seed everything, set the plot style."""
+    global _STARTED
+    from .plots import set_style
+    from .utils import seed_everything
+
+    prof = get_profile(profile, seed=seed, download=download)
+    seed_everything(prof.seed)
+    set_style()
+    _STARTED = time.time()
+    print(f"profile {prof.name} · seed {prof.seed} · device {prof.device} · precision {prof.precision}"
+          f" · cache {prof.cache_dir}")
+    return prof
+
+
+def elapsed_minutes() -> float:
+    """Minutes since :func:`setup` (chapters report their own run time)."""
+    return (time.time() - (_STARTED or time.time())) / 60
+
+
+def glue(name: str, value: Any, display: bool = False) -> Any:
+    """Glue a computed value into the prose with myst-nb (a no-op where myst-nb is absent, e.g. Colab)."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # pragma: no cover - Colab and plain Jupyter
+        return value
+    _glue(name, value, display=display)
+    return value
+
+
+def results_path(profile: Profile, chapter: str) -> Path:
+    return profile.cache_dir / "results" / f"{chapter}-{profile.name}-seed{profile.seed}.json"
+
+
+def save_results(profile: Profile, chapter: str, results: dict[str, Any]) -> Path:
+    """Write a chapter's headline numbers so later chapters reuse them instead of recomputing."""
+    return save_json({"chapter": chapter, "profile": profile.name, "seed": profile.seed, **results},
+                     results_path(profile, chapter))
+
+
+def load_results(profile: Profile, chapter: str) -> dict[str, Any] | None:
+    """A chapter's saved headline numbers, or ``None`` if that chapter has not run yet."""
+    path = results_path(profile, chapter)
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,99 @@
+"""Encode a dataset once with a frozen image encoder and cache the features on disk.
+
+The cache key names the weights, the dataset (its exact items) and the preprocessing,
+so a second call with the same three is a cache hit, and anything else is a miss.
+Files are written atomically: an interrupted run never leaves a half-written cache.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .models import ClipBundle
+from .utils import ClipnotesError, code_fingerprint, load_torch, progress, save_torch, stable_hash
+
+FEATURES_VERSION = "1"
+
+
+@dataclass
+class FeatureSet:
+    """L2-normalised image features (N, D) with their labels (N,)."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    key: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def iter_batches(dataset, batch_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(uint8 images, labels)`` batches: world datasets render whole batches at once."""
+    if hasattr(dataset, "batches"):
+        yield from dataset.batches(batch_size)
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         pin_memory=torch.cuda.is_available())
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels)
+
+
+def dataset_key(dataset) -> str:
+    key = getattr(dataset, "cache_key", None)
+    if key is None:
+        raise ClipnotesError(f"{type(dataset).__name__} has no cache_key; give it one to cache its features")
+    return key
+
+
+def cache_path(cache_dir: str | os.PathLike, key: str) -> Path:
+    return Path(cache_dir) / "features" / f"{stable_hash(key)}.pt"
+
+
+_MEMORY: dict[str, FeatureSet] = {}
+
+
+@torch.no_grad()
+def encode_dataset(bundle: ClipBundle, dataset, cache_dir: str | os.PathLike | None = None,
+                   batch_size: int = 512, num_workers: int = 0, autocast=None, desc: str | None = None) -> FeatureSet:
+    """Features of every image of ``dataset`` under ``bundle``'s image encoder (cached).
+
+    ``autocast`` is a context-manager factory (e.g. ``profile.autocast``): bf16 on a GPU.
+    """
+    key = f"features-v{FEATURES_VERSION}|{code_fingerprint()}|{bundle.key}|{bundle.preprocess}|{dataset_key(dataset)}"
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = cache_path(cache_dir, key) if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            blob = load_torch(path, "feature cache")
+            if blob.get("key") == key:
+                _MEMORY[key] = FeatureSet(blob["features"].float(), blob["labels"], key)
+                return _MEMORY[key]
+        except ClipnotesError:
+            pass  # a corrupt cache entry is recomputed and overwritten
+    was_training = bundle.model.training
+    bundle.model.eval()
+    feats, labels = [], []
+    bar = progress(total=len(dataset), desc=desc or "encoding images", unit="img", leave=False)
+    for images, y in iter_batches(dataset, batch_size, num_workers):
+        with (autocast() if autocast else torch.autocast("cpu", enabled=False)):
+            f = bundle.encode_images(images)
+        feats.append(f.float().cpu())
+        labels.append(y.cpu())
+        bar.update(len(y))
+    bar.close()
+    bundle.model.train(was_training)
+    out = FeatureSet(torch.cat(feats), torch.cat(labels).long(), key)
+    if path is not None:
+        save_torch({"key": key, "features": out.features, "labels": out.labels}, path)
+    _MEMORY[key] = out
+    return out
+
+
+def clear_memory() -> None:
+    """Forget features held in memory (the disk cache stays)."""
+    _MEMORY.clear()
