@@ -88,6 +88,57 @@ def write_fake_cifar(root: str | Path, name: str = "cifar10", n_train: int = 20,
     return Path(root)
 
 
+CIFAR10_CLASSNAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+#: The CIFAR-10 reproductions: (folder, files) as distributed by their authors and used by WiSE-FT.
+CIFAR10_SHIFTS = {
+    "cifar10.1": ("CIFAR-10.1", ("cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy")),
+    "cifar10.2": ("CIFAR-10.2", ("cifar102_test.npy",)),
+}
+
+
+def cifar10_shift(name: str, root: str | Path) -> ArrayDataset:
+    """CIFAR-10.1 (v6: two ``.npy`` arrays) or CIFAR-10.2 (test: one ``.npy`` holding a dict).
+
+    These files are not in torchvision and are never downloaded: copy them into
+    ``root/CIFAR-10.1`` or ``root/CIFAR-10.2`` from the authors' GitHub repositories.
+    """
+    key = name.lower().replace("-", "").replace("_", "")
+    key = {"cifar10.1": "cifar10.1", "cifar101": "cifar10.1", "cifar10.2": "cifar10.2", "cifar102": "cifar10.2"}.get(key)
+    if key is None:
+        raise ClipnotesError(f"unknown CIFAR-10 shift {name!r}; use 'cifar10.1' or 'cifar10.2'")
+    folder, files = CIFAR10_SHIFTS[key]
+    paths = [Path(root) / folder / f for f in files]
+    if not all(p.exists() for p in paths):
+        raise ClipnotesError(f"{folder} is not in {Path(root)}; copy {', '.join(files)} into {Path(root) / folder} "
+                             "(github.com/modestyachts/CIFAR-10.1 and github.com/modestyachts/cifar-10.2)")
+    try:
+        if key == "cifar10.1":
+            images, labels = np.load(paths[0]), np.load(paths[1])
+        else:   # a pickled dict inside an .npy file: allow_pickle only for this known file
+            d = np.load(paths[0], allow_pickle=True).item()
+            images, labels = d["images"], d["labels"]
+    except (ValueError, KeyError, OSError, AttributeError) as e:
+        raise ClipnotesError(f"{folder} in {Path(root)} is not in the expected format ({e}); download it again") from None
+    return ArrayDataset(np.asarray(images, dtype=np.uint8), labels, CIFAR10_CLASSNAMES, folder)
+
+
+def write_fake_cifar10_shifts(root: str | Path, n: int = 12, seed: int = 0) -> Path:
+    """Tiny fake CIFAR-10.1 and CIFAR-10.2 test files in their real on-disk formats."""
+    rng = np.random.default_rng(seed)
+    images = lambda: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = lambda: rng.integers(0, 10, n).astype(np.int64)
+    d1 = Path(root) / "CIFAR-10.1"
+    d1.mkdir(parents=True, exist_ok=True)
+    np.save(d1 / "cifar10.1_v6_data.npy", images())
+    np.save(d1 / "cifar10.1_v6_labels.npy", labels())
+    d2 = Path(root) / "CIFAR-10.2"
+    d2.mkdir(parents=True, exist_ok=True)
+    np.save(d2 / "cifar102_test.npy", np.array({"images": images(), "labels": labels()}, dtype=object),
+            allow_pickle=True)
+    return Path(root)
+
+
 # ----------------------------------------------------------------------------- benchmarks
 from dataclasses import dataclass, field  # noqa: E402
 

@@ -1,0 +1,74 @@
+"""`paper` dataset loaders on small fake copies written in the real on-disk formats."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets.cifar as tv_cifar
+
+from clipnotes import data as D
+from clipnotes.profiles import get_profile
+from clipnotes.utils import ClipnotesError
+
+
+@pytest.fixture
+def no_md5(monkeypatch):
+    """Fake files cannot match torchvision's md5 sums; check existence instead."""
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.exists(path))
+
+
+@pytest.mark.parametrize("name,n_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_fake_cifar_loads_through_torchvision(tmp_path, no_md5, name, n_classes):
+    D.write_fake_cifar(tmp_path, name, n_train=25, n_test=7)
+    test = D.cifar(name, tmp_path, train=False)
+    train = D.cifar(name, tmp_path, train=True)
+    assert len(test) == 7 and len(train) == 25
+    x, y = test[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and 0 <= y < n_classes
+    assert len(test.classnames) == n_classes
+    batches = list(train.batches(10))
+    assert [len(b[0]) for b in batches] == [10, 10, 5]
+
+
+def test_missing_cifar_says_what_to_do(tmp_path):
+    with pytest.raises(ClipnotesError, match="CLIPNOTES_DOWNLOAD=1"):
+        D.cifar("cifar10", tmp_path / "nothing")
+    with pytest.raises(ClipnotesError, match="unknown CIFAR"):
+        D.cifar("cifar11", tmp_path)
+
+
+def test_paper_benchmarks_use_cifar_with_templates(tmp_path, no_md5, monkeypatch):
+    for name in ("cifar10", "cifar100"):
+        D.write_fake_cifar(tmp_path, name, n_train=10, n_test=5)
+    monkeypatch.setenv("CLIPNOTES_DATA", str(tmp_path))
+    benches = D.zero_shot_benchmarks(get_profile("paper", check=False))
+    assert [b.name for b in benches] == ["CIFAR-10", "CIFAR-100"]
+    assert len(benches[0].templates) == 18 and all("{}" in t for t in benches[0].templates)
+    assert len(benches[1].classnames) == 100 and len(benches[0].train) == 10
+
+
+def test_cifar10_shifts_load_from_their_npy_files(tmp_path):
+    D.write_fake_cifar10_shifts(tmp_path, n=9)
+    for name in ("cifar10.1", "CIFAR-10.2"):
+        ds = D.cifar10_shift(name, tmp_path)
+        assert len(ds) == 9 and ds.classnames == D.CIFAR10_CLASSNAMES
+        assert ds[3][0].shape == (3, 32, 32)
+
+
+def test_cifar10_shift_errors_are_one_line(tmp_path):
+    with pytest.raises(ClipnotesError, match="copy cifar10.1_v6_data.npy"):
+        D.cifar10_shift("cifar10.1", tmp_path)
+    with pytest.raises(ClipnotesError, match="unknown CIFAR-10 shift"):
+        D.cifar10_shift("cifar10.3", tmp_path)
+    (tmp_path / "CIFAR-10.2").mkdir()
+    np.save(tmp_path / "CIFAR-10.2" / "cifar102_test.npy", np.zeros(3))
+    with pytest.raises(ClipnotesError, match="expected format"):
+        D.cifar10_shift("cifar10.2", tmp_path)
+
+
+def test_few_shot_indices_are_balanced_and_seeded():
+    labels = np.repeat(np.arange(4), 10)
+    a = D.few_shot_indices(labels, 3, seed=1)
+    assert np.bincount(labels[a]).tolist() == [3, 3, 3, 3]
+    assert np.array_equal(a, D.few_shot_indices(labels, 3, seed=1))
+    assert not np.array_equal(a, D.few_shot_indices(labels, 3, seed=2))
