@@ -32,14 +32,13 @@ def elapsed_minutes() -> float:
     return (time.time() - (_STARTED or time.time())) / 60
 
 
-def glue(name: str, value: Any, display: bool = False) -> Any:
+def glue(name: str, value: Any, display: bool = False) -> None:
     """Glue a computed value into the prose with myst-nb (a no-op where myst-nb is absent, e.g. Colab)."""
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - Colab and plain Jupyter
-        return value
+        return
     _glue(name, value, display=display)
-    return value
 
 
 def results_path(profile: Profile, chapter: str) -> Path:

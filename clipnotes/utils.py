@@ -115,6 +115,8 @@ def progress(iterable: Iterable | None = None, **kwargs):
     """A tqdm progress bar that honours ``TQDM_DISABLE`` (set in CI) and fits notebooks."""
     from tqdm.auto import tqdm
 
+    if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        kwargs["disable"] = True             # an explicit disable=None would otherwise win over the env
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("mininterval", 1.0)
     return tqdm(iterable, **kwargs)
