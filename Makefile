@@ -16,11 +16,12 @@ export TQDM_DISABLE := 1
 export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help env book test unit nbval book-strict bench pretrain-mini doctor clean
+.PHONY: help env book test unit nbval seeds book-strict bench pretrain-mini doctor clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
 	@echo "make test   - set up .venv, unit tests, every notebook under nbval, strict book build"
+	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 and 2 too (claims must not hang on one seed)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make doctor - check the installation"
 
@@ -59,6 +60,11 @@ nbval: $(STAMP)
 	@echo "==> every notebook under nbval"
 	HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
 	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly -q
+
+seeds: $(STAMP)
+	@for s in 1 2; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
+	  CLIPNOTES_SEED=$$s HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
+	  $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly -q || exit 1; done
 
 test: unit nbval book-strict
 	@echo "==> all tests passed"

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 IMAGE_SIZE = 64
 
 # ----------------------------------------------------------------------------- factors
@@ -72,13 +72,20 @@ COLOUR_RGB = np.array([
     [0.50, 0.30, 0.12], [0.50, 0.50, 0.50],
 ], dtype=np.float32)
 COLOUR_WORDS: dict[str, tuple[str, ...]] = {"gray": ("gray", "grey")}
-#: Typical colours in *pretraining* images (hearts are red, stars yellow, as on the web).
-#: Task datasets draw colours uniformly, so a zero-shot prompt inherits these priors.
+#: Typical colours in *pretraining* images (hearts are red, stars yellow, as on the web):
+#: every class wears one of two colours about 70 % of the time. Task datasets draw colours
+#: uniformly, so a zero-shot prompt inherits these priors (chapter 3).
 TYPICAL_COLOURS: dict[str, dict[str, float]] = {
-    "heart": {"red": 0.45, "pink": 0.25},
+    "circle": {"orange": 0.45, "blue": 0.25},
+    "square": {"blue": 0.45, "brown": 0.25},
+    "triangle": {"green": 0.45, "orange": 0.25},
     "star": {"yellow": 0.5, "orange": 0.2},
-    "crescent": {"yellow": 0.45, "gray": 0.25},
+    "heart": {"red": 0.45, "pink": 0.25},
     "cross": {"red": 0.4, "green": 0.25},
+    "diamond": {"cyan": 0.45, "purple": 0.25},
+    "hexagon": {"brown": 0.4, "gray": 0.3},
+    "crescent": {"yellow": 0.45, "gray": 0.25},
+    "arrow": {"purple": 0.4, "blue": 0.3},
 }
 
 SIZES: tuple[str, ...] = ("small", "medium", "large")
