@@ -8,6 +8,7 @@ format, which is what the tests load.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -140,7 +141,6 @@ def write_fake_cifar10_shifts(root: str | Path, n: int = 12, seed: int = 0) -> P
 
 
 # ----------------------------------------------------------------------------- benchmarks
-from dataclasses import dataclass, field  # noqa: E402
 
 
 @dataclass
@@ -187,3 +187,35 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int = 0) -> np.nda
     rng = np.random.default_rng(seed)
     picks = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
     return np.sort(np.concatenate(picks))
+
+
+@dataclass
+class FinetuneBenchmark:
+    """A fine-tuning task: training data, an ID test set and OOD test sets (chapters 5-7)."""
+
+    name: str
+    train: torch.utils.data.Dataset
+    eval_sets: dict[str, torch.utils.data.Dataset]     # "ID" first, then every OOD set
+    classnames: list[str]
+    templates: list[str]
+
+    @property
+    def ood_names(self) -> list[str]:
+        return [k for k in self.eval_sets if k != "ID"]
+
+
+def finetune_benchmark(profile, n_train: int = 4000, n_eval: int = 1000) -> FinetuneBenchmark:
+    """mini: photos where colour predicts class (90 %) → the colour shift and four other styles.
+    paper: CIFAR-10 → CIFAR-10.1 and CIFAR-10.2 (``n_train``/``n_eval`` apply to mini only)."""
+    from . import world as W
+    from .zeroshot import CIFAR_TEMPLATES, MINI_TEMPLATES
+
+    if profile.name == "mini":
+        task = W.World(profile.seed).finetune_task(n_train=n_train, n_eval=n_eval)
+        return FinetuneBenchmark(f"mini world: {task.domain}s, colour-class correlation {task.spurious:.0%}",
+                                 task.train, task.eval_sets(), list(W.CLASSNAMES), list(MINI_TEMPLATES))
+    root = profile.data_dir
+    train = cifar("cifar10", root, train=True, download=profile.download)
+    evals = {"ID": cifar("cifar10", root, train=False, download=profile.download),
+             "CIFAR-10.1": cifar10_shift("cifar10.1", root), "CIFAR-10.2": cifar10_shift("cifar10.2", root)}
+    return FinetuneBenchmark("CIFAR-10 → CIFAR-10.1, CIFAR-10.2", train, evals, CIFAR10_CLASSNAMES, list(CIFAR_TEMPLATES))

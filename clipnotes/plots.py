@@ -103,3 +103,30 @@ def curves(log: Sequence[Mapping[str, float]], x: str, ys: Sequence[str], ax=Non
     if title:
         ax.set_title(title)
     return ax
+
+
+def wise_curve(sweep, ax=None, label: str | None = None, color: str = "C0", title: str | None = None,
+               id_col: str = "ID", ood_col: str = "OOD mean"):
+    """WiSE-FT's picture: ID accuracy (x) against OOD accuracy (y) along α, ends marked.
+
+    ``sweep`` is a DataFrame indexed by α with ``id_col`` and ``ood_col`` columns.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.6, 4.2))
+    x, y = sweep[id_col].to_numpy(), sweep[ood_col].to_numpy()
+    ax.plot(x, y, "-o", color=color, ms=3.5, label=label)
+    alphas = list(sweep.index)
+    ax.scatter([x[0]], [y[0]], marker="*", s=160, color=color, edgecolor="k", zorder=3)
+    ax.scatter([x[-1]], [y[-1]], marker="s", s=60, color=color, edgecolor="k", zorder=3)
+    ax.annotate("zero-shot", (x[0], y[0]), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ax.annotate("fine-tuned", (x[-1], y[-1]), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    best = int(np.argmax(y))
+    if 0 < best < len(alphas) - 1:
+        ax.annotate(f"α={alphas[best]:.1f}", (x[best], y[best]), textcoords="offset points", xytext=(0, 7),
+                    fontsize=8, ha="center", color=color)
+    ax.set(xlabel=f"{id_col} accuracy", ylabel=f"{ood_col} accuracy")
+    if title:
+        ax.set_title(title)
+    if label:
+        ax.legend(fontsize=8)
+    return ax

@@ -72,3 +72,18 @@ def test_few_shot_indices_are_balanced_and_seeded():
     assert np.bincount(labels[a]).tolist() == [3, 3, 3, 3]
     assert np.array_equal(a, D.few_shot_indices(labels, 3, seed=1))
     assert not np.array_equal(a, D.few_shot_indices(labels, 3, seed=2))
+
+
+def test_finetune_benchmark_paper_reads_cifar10_and_its_shifts(tmp_path, no_md5, monkeypatch):
+    D.write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=6)
+    D.write_fake_cifar10_shifts(tmp_path, n=4)
+    monkeypatch.setenv("CLIPNOTES_DATA", str(tmp_path))
+    bench = D.finetune_benchmark(get_profile("paper", check=False))
+    assert list(bench.eval_sets) == ["ID", "CIFAR-10.1", "CIFAR-10.2"] and bench.ood_names == ["CIFAR-10.1", "CIFAR-10.2"]
+    assert len(bench.train) == 10 and len(bench.eval_sets["CIFAR-10.2"]) == 4 and len(bench.templates) == 18
+
+
+def test_finetune_benchmark_mini_has_id_and_five_ood_sets():
+    bench = D.finetune_benchmark(get_profile("mini"), n_train=50, n_eval=20)
+    assert bench.eval_sets["ID"] is not None and len(bench.ood_names) == 5
+    assert len(bench.train) == 50 and all(len(d) == 20 for d in bench.eval_sets.values())

@@ -1,0 +1,124 @@
+"""Prompt learning (CoOp): learned context vectors spliced into the frozen text tower.
+
+A prompt "X X X X star." is tokenised once; the embeddings of its start token and of the
+class name, full stop and end token are frozen buffers, and the M context vectors take
+the place of the X's. The sequence then runs through CLIP's own text transformer —
+positional embedding, transformer, final layer norm, end-token pooling, projection —
+exactly as ``open_clip.CLIP.encode_text`` does after its embedding lookup.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import ClipBundle
+from .utils import ClipnotesError
+
+POSITIONS = ("end", "middle", "front")
+
+
+def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` from token embeddings (N, L, W) instead of token ids; unit-norm output.
+
+    ``tokens`` (N, L) are only used to find the end-of-text position, as open_clip does.
+    """
+    from open_clip.transformer import text_global_pool
+
+    cast = model.transformer.get_cast_dtype()
+    x = embeddings.to(cast) + model.positional_embedding.to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return F.normalize(x, dim=-1)
+
+
+def _word_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without start/end tokens (works for open_clip's and the word tokenizer)."""
+    ids = tokenizer([text])[0].tolist()
+    end = ids.index(max(ids))                       # the end-of-text token has the largest id
+    return ids[1:end]
+
+
+class PromptLearner(nn.Module):
+    """M learnable context vectors around each class name (CoOp).
+
+    ``init`` (e.g. ``"a photo of a"``) initialises the context from those words' embeddings
+    (M = their number, always a shared context, as in CoOp); otherwise ``n_ctx`` vectors
+    are drawn from N(0, 0.02²), shared by all classes or one set per class (``csc=True``).
+    ``position`` puts the class name at the end, in the middle, or at the front.
+    """
+
+    def __init__(self, bundle: ClipBundle, classnames: Sequence[str], n_ctx: int = 4, init: str | None = None,
+                 position: str = "end", csc: bool = False, seed: int = 0):
+        super().__init__()
+        if not classnames:
+            raise ClipnotesError("the class list is empty; pass at least one class name")
+        if position not in POSITIONS:
+            raise ClipnotesError(f"unknown class position {position!r}; use one of {POSITIONS}")
+        model, tok = bundle.model, bundle.tokenizer
+        emb = model.token_embedding
+        init_ids = _word_ids(tok, init) if init else None
+        if init_ids is not None:
+            n_ctx, csc = len(init_ids), False
+        self.n_ctx, self.position, self.csc, self.classnames = n_ctx, position, csc, list(classnames)
+        name_ids = [_word_ids(tok, c) for c in classnames]
+        self.name_lens = [len(ids) for ids in name_ids]
+        placeholder = " ".join(["X"] * n_ctx)
+        tokens = tok([f"{placeholder} {c}." for c in classnames])                         # (C, L)
+        if tokens[:, 1 + n_ctx:].eq(0).all(1).any():
+            raise ClipnotesError("the prompts do not fit the text tower's context length; use fewer context vectors")
+        self.register_buffer("tokens", tokens, persistent=False)
+        with torch.no_grad():
+            e = emb(tokens.to(emb.weight.device)).float()                                  # (C, L, W)
+        self.register_buffer("prefix", e[:, :1].clone(), persistent=False)                 # start token
+        self.register_buffer("suffix", e[:, 1 + n_ctx:].clone(), persistent=False)         # name . end pads
+        width = e.shape[-1]
+        if init_ids is not None:
+            with torch.no_grad():
+                ctx = emb(torch.tensor(init_ids, device=emb.weight.device)).float().clone()
+        else:
+            g = torch.Generator().manual_seed(seed)
+            shape = (len(classnames), n_ctx, width) if csc else (n_ctx, width)
+            ctx = (torch.randn(shape, generator=g) * 0.02).to(emb.weight.device)
+        self.ctx = nn.Parameter(ctx)
+
+    def embeddings(self) -> torch.Tensor:
+        """The spliced prompt embeddings, (C, L, W)."""
+        c = len(self.classnames)
+        ctx = self.ctx if self.csc else self.ctx.unsqueeze(0).expand(c, -1, -1)
+        if self.position == "end":
+            return torch.cat([self.prefix, ctx, self.suffix], 1)
+        rows = []
+        half = self.n_ctx // 2
+        for i, n in enumerate(self.name_lens):
+            name, rest = self.suffix[i:i + 1, :n], self.suffix[i:i + 1, n:]
+            if self.position == "middle":
+                parts = [self.prefix[i:i + 1], ctx[i:i + 1, :half], name, ctx[i:i + 1, half:], rest]
+            else:  # front
+                parts = [self.prefix[i:i + 1], name, ctx[i:i + 1], rest]
+            rows.append(torch.cat(parts, 1))
+        return torch.cat(rows)
+
+    def tokens_for_pooling(self) -> torch.Tensor:
+        """Token ids in the spliced order (only the end-token position matters for pooling)."""
+        return self.tokens
+
+    def forward(self, model) -> torch.Tensor:
+        """Unit-norm class embeddings (C, D) through ``model``'s frozen text tower."""
+        return encode_token_embeddings(model, self.embeddings(), self.tokens_for_pooling())
+
+
+def nearest_words(bundle: ClipBundle, vectors: torch.Tensor, k: int = 3) -> list[list[str]]:
+    """The vocabulary words whose embeddings are closest (Euclidean) to each context vector."""
+    table = bundle.model.token_embedding.weight.detach().float()
+    d = torch.cdist(vectors.detach().float().reshape(-1, table.shape[1]), table)
+    idx = d.topk(k, largest=False).indices
+    itos = getattr(bundle.tokenizer, "itos", None)
+    if itos is None:
+        from open_clip.tokenizer import _tokenizer as bpe
+        return [[bpe.decoder[int(i)] for i in row] for row in idx]
+    return [[itos[int(i)] for i in row] for row in idx]

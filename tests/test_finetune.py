@@ -1,0 +1,110 @@
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipnotes import world as W
+from clipnotes.finetune import (FinetuneConfig, context_kl, finetune, flyp_loss, zero_shot_classifier)
+from clipnotes.models import create_mini
+from clipnotes.utils import ClipnotesError
+from clipnotes.wise import interpolate_state_dicts, wise
+from clipnotes.zeroshot import logits, zero_shot_head
+
+NAMES = list(W.CLASSNAMES)
+TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return create_mini("shipped")
+
+
+@pytest.fixture(scope="module")
+def train():
+    return W.World(0).dataset("finetune-test-unit", 64, spurious=0.9, domain="photo")
+
+
+def test_interpolation_endpoints_and_errors():
+    a = {"w": torch.zeros(2, 2), "n": torch.tensor(3)}
+    b = {"w": torch.ones(2, 2), "n": torch.tensor(5)}
+    assert torch.equal(interpolate_state_dicts(a, b, 0.0)["w"], a["w"])
+    assert torch.equal(interpolate_state_dicts(a, b, 1.0)["w"], b["w"])
+    assert torch.allclose(interpolate_state_dicts(a, b, 0.3)["w"], torch.full((2, 2), 0.3))
+    with pytest.raises(ClipnotesError, match="different keys"):
+        interpolate_state_dicts(a, {"w": b["w"]}, 0.5)
+    with pytest.raises(ClipnotesError, match="shape"):
+        interpolate_state_dicts(a, {"w": torch.ones(3), "n": b["n"]}, 0.5)
+    with pytest.raises(ClipnotesError, match="alpha"):
+        interpolate_state_dicts(a, b, 1.5)
+
+
+def test_zero_shot_classifier_starts_at_zero_shot(bundle, train):
+    model = zero_shot_classifier(bundle, NAMES, TEMPLATES)
+    x = train.images(slice(0, 8))
+    with torch.no_grad():
+        ours = model(bundle.preprocess(x))
+        zs = logits(bundle.encode_images(x), zero_shot_head(bundle, NAMES, TEMPLATES),
+                    scale=bundle.model.logit_scale.exp().item())
+    assert torch.allclose(ours, zs, atol=1e-4)
+
+
+def test_flyp_loss_is_clip_loss_and_masking_removes_same_class_negatives():
+    torch.manual_seed(0)
+    img, txt = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    s = torch.tensor(20.0)
+    assert torch.allclose(flyp_loss(img, txt, s), open_clip.ClipLoss()(img, txt, s))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    masked = flyp_loss(img, txt, s, labels)
+    # with every pair its own class, masking changes nothing
+    assert torch.allclose(flyp_loss(img, txt, s, torch.arange(6)), flyp_loss(img, txt, s))
+    assert masked < flyp_loss(img, txt, s)          # fewer negatives, lower loss here
+
+
+def test_context_kl_is_zero_for_equal_distributions():
+    p = torch.randn(4, 7)
+    assert context_kl(p, p).abs() < 1e-6
+    assert context_kl(p, torch.randn(4, 7)) > 0
+
+
+@pytest.mark.parametrize("loss", ["ce", "carft", "flyp"])
+def test_interrupted_finetuning_resumes_to_the_same_weights(bundle, train, tmp_path, loss):
+    cfg = FinetuneConfig(loss=loss, steps=6, batch_size=8, warmup=2, lr=1e-4, threads=1)
+    straight = finetune(bundle, train, NAMES, TEMPLATES, cfg, quiet=True)
+    assert finetune(bundle, train, NAMES, TEMPLATES, cfg, run_dir=tmp_path, save_every=2, stop_after=3,
+                    quiet=True) is None
+    resumed = finetune(bundle, train, NAMES, TEMPLATES, cfg, run_dir=tmp_path, save_every=2, quiet=True)
+    sa, sb = straight.end.state_dict(), resumed.end.state_dict()
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    assert [e["step"] for e in resumed.log] == list(range(1, 7))
+    # the run moved away from the start, and WiSE at 0 / 1 gives back the endpoints
+    assert any(not torch.equal(v, resumed.start.state_dict()[k]) for k, v in sb.items())
+    w0 = wise(resumed.start, resumed.end, 0.0).state_dict()
+    assert all(torch.equal(w0[k], v) for k, v in resumed.start.state_dict().items())
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ClipnotesError, match="unknown fine-tuning loss"):
+        FinetuneConfig(loss="mse")
+
+
+def test_linear_head_starts_at_zero_shot_and_learns(bundle):
+    from clipnotes.finetune import train_linear_head
+    g = torch.Generator().manual_seed(0)
+    feats = F.normalize(torch.randn(200, bundle.model.text_projection.shape[1], generator=g), dim=-1)
+    labels = torch.arange(200) % 10
+    head = zero_shot_head(bundle, NAMES, TEMPLATES)
+    start = train_linear_head(feats, labels, head, 30.0, steps=0)
+    assert torch.allclose(start(feats), logits(feats, head, 30.0), atol=1e-5)
+    trained = train_linear_head(feats, labels, head, 30.0, steps=200, lr=1e-2)
+    acc = lambda m: (m(feats).argmax(1) == labels).float().mean().item()
+    assert acc(trained) > acc(start) + 0.2          # random labels: it can only fit them by training
+    with pytest.raises(ClipnotesError, match="no training features"):
+        train_linear_head(feats[:0], labels[:0], head, 30.0)
+
+
+def test_wise_sweep_endpoints_are_the_two_models():
+    from clipnotes.wise import ALPHAS, wise_sweep
+    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    rows = wise_sweep(m0, m1, lambda m: {"w": m.weight.sum().item()}, progress_bar=False)
+    assert [r["alpha"] for r in rows] == list(ALPHAS)
+    assert rows[0]["w"] == pytest.approx(m0.weight.sum().item()) and rows[-1]["w"] == pytest.approx(m1.weight.sum().item())

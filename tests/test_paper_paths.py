@@ -1,0 +1,61 @@
+"""The `paper` code paths of chapters 2, 3 and 5, end to end on random-init ViT-B/32 and fake data.
+
+Real open_clip architectures (no weights are downloaded) and small fake copies of the
+datasets in their real on-disk formats: what a Colab reader runs, minus the GPU and the
+pretrained weights.
+"""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets.cifar as tv_cifar
+
+from clipnotes import data as D
+from clipnotes.features import encode_dataset
+from clipnotes.finetune import EvalSets, finetune, recipe, zero_shot_classifier
+from clipnotes.models import create_paper
+from clipnotes.profiles import get_profile
+from clipnotes.wise import wise_sweep
+from clipnotes.zeroshot import accuracy, logits, zero_shot_head
+
+
+@pytest.fixture(scope="module")
+def vit_b32():
+    torch.manual_seed(0)
+    return create_paper("ViT-B-32-quickgelu", pretrained=None)
+
+
+@pytest.fixture
+def paper(tmp_path, monkeypatch):
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.exists(path))
+    D.write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=4)
+    D.write_fake_cifar(tmp_path, "cifar100", n_train=10, n_test=4)
+    D.write_fake_cifar10_shifts(tmp_path, n=3)
+    monkeypatch.setenv("CLIPNOTES_DATA", str(tmp_path))
+    monkeypatch.setenv("CLIPNOTES_CACHE", str(tmp_path / "cache"))
+    return get_profile("paper", check=False)
+
+
+def test_zero_shot_chapter_path(paper, vit_b32):
+    bench = D.zero_shot_benchmarks(paper)[0]
+    head = zero_shot_head(vit_b32, bench.classnames, bench.templates)
+    assert head.shape == (vit_b32.model.text_projection.shape[1], 10)
+    feats = encode_dataset(vit_b32, bench.dataset, paper.cache_dir, batch_size=2)
+    assert feats.features.shape[0] == 4 and torch.allclose(feats.features.norm(dim=-1), torch.ones(4), atol=1e-4)
+    again = encode_dataset(vit_b32, bench.dataset, paper.cache_dir, batch_size=2)       # a cache hit
+    assert torch.equal(again.features, feats.features)
+    assert 0.0 <= accuracy(logits(feats.features, head), feats.labels) <= 1.0
+
+
+def test_wise_chapter_path(paper, vit_b32):
+    bench = D.finetune_benchmark(paper)
+    cfg = recipe(paper, "ce", steps=1, batch_size=2, warmup=1, threads=1)
+    run = finetune(vit_b32, bench.train, bench.classnames, bench.templates[:2], cfg, quiet=True)
+    changed = any(not torch.equal(a, b) for a, b in zip(run.start.state_dict().values(), run.end.state_dict().values()))
+    assert changed, "one step of fine-tuning should move the weights"
+    evals = EvalSets(vit_b32, bench.eval_sets, batch_size=2)
+    rows = wise_sweep(run.start, run.end, evals.accuracy, alphas=(0.0, 1.0), progress_bar=False)
+    assert [sorted(r) for r in rows] == [sorted(["alpha", "ID", "CIFAR-10.1", "CIFAR-10.2"])] * 2
+    start = zero_shot_classifier(vit_b32, bench.classnames, bench.templates[:2])
+    assert np.isclose(evals.accuracy(start)["ID"], rows[0]["ID"])
