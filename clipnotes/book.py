@@ -34,6 +34,8 @@ def elapsed_minutes() -> float:
 
 def glue(name: str, value: Any, display: bool = False) -> None:
     """Glue a computed value into the prose with myst-nb (a no-op where myst-nb is absent, e.g. Colab)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:      # numpy/torch scalars -> Python
+        value = value.item()
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - Colab and plain Jupyter

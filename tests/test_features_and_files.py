@@ -94,3 +94,14 @@ def test_cli_reports_bad_profile_on_one_line():
     out = subprocess.run([sys.executable, "-m", "clipnotes", "doctor"], capture_output=True, text=True, env=env)
     assert out.returncode == 1
     assert "unknown profile 'huge'" in out.stdout and "Traceback" not in out.stdout + out.stderr
+
+
+def test_glue_turns_numpy_scalars_into_python_numbers(monkeypatch):
+    import numpy as np
+    import myst_nb
+    from clipnotes import book
+    seen = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: seen.update({name: value}))
+    book.glue("x", np.float64(0.25))
+    book.glue("t", torch.tensor(3))
+    assert type(seen["x"]) is float and seen["x"] == 0.25 and seen["t"] == 3
