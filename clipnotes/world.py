@@ -432,7 +432,8 @@ def _textures(f: Factors, slot: int, kind: int, size: int) -> torch.Tensor:
     ar = torch.arange(size)
     rows = (ar[None, :] + sy[:, None]) % size
     cols = (ar[None, :] + sx[:, None]) % size
-    return bank[ids[:, None, None], rows[:, :, None], cols[:, None, :]]
+    flat = (ids[:, None, None] * size + rows[:, :, None]) * size + cols[:, None, :]      # one gather
+    return bank.reshape(-1)[flat]
 
 
 def _object_sdf(f: Factors, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
@@ -542,7 +543,7 @@ def render(f: Factors, size: int = IMAGE_SIZE) -> torch.Tensor:
         if len(sel):
             out[sel] = painter(sdf[sel, None], pat[sel], smooth[sel], brush[sel], col[sel], base[sel], patc[sel],
                                xx[sel, None], yy[sel, None], px)
-    return (out.clamp(0, 1) * 255).round().to(torch.uint8)
+    return out.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
 def _paint_photo(sdf, pat, smooth, brush, col, base, patc, xx, yy, px):
