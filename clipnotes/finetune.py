@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .features import iter_batches
 from .models import ClipBundle
 from .utils import ClipnotesError, code_fingerprint, load_torch, progress, save_torch, stable_hash
 from .zeroshot import zero_shot_head
@@ -323,13 +324,8 @@ class EvalSets:
         self.batch_size = batch_size
         self.data = {}
         for name, ds in datasets.items():
-            chunks, labels = [], []
-            for s in range(0, len(ds), batch_size):
-                idx = np.arange(s, min(len(ds), s + batch_size))
-                chunks.append(_images(ds, idx))
-                labels.append(torch.as_tensor(np.asarray(ds.labels)[idx] if hasattr(ds, "labels")
-                                              else [ds[int(i)][1] for i in idx]))
-            self.data[name] = (chunks, labels)
+            batches = list(iter_batches(ds, batch_size))
+            self.data[name] = ([x for x, _ in batches], [y for _, y in batches])
         self.preprocess = bundle.preprocess
         self.device = bundle.device
 
