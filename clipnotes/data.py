@@ -39,6 +39,10 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         return torch.from_numpy(self.images_hwc[i]).permute(2, 0, 1), int(self.labels[i])
 
+    def images(self, idx) -> torch.Tensor:
+        """The images at ``idx`` (an index array or a slice) as one (N, 3, H, W) uint8 tensor."""
+        return torch.from_numpy(self.images_hwc[idx]).permute(0, 3, 1, 2).contiguous()
+
     def batches(self, batch_size: int = 256):
         for s in range(0, len(self), batch_size):
             chunk = torch.from_numpy(self.images_hwc[s:s + batch_size]).permute(0, 3, 1, 2).contiguous()

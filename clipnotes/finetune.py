@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from torch import nn
 
 from .features import iter_batches
 from .models import ClipBundle
-from .utils import ClipnotesError, code_fingerprint, load_torch, progress, save_torch, stable_hash
+from .utils import ClipnotesError, code_fingerprint, load_torch, progress, save_json, save_torch, stable_hash
+from .wise import ALPHAS, wise_sweep
 from .zeroshot import zero_shot_head
 
 LOSSES = ("ce", "flyp", "carft")
@@ -151,6 +153,29 @@ def context_directions(bundle: ClipBundle, classnames: Sequence[str], templates:
     return F.normalize(torch.stack(rows), dim=-1)
 
 
+def domain_contexts(domain_words: Mapping[str, Sequence[str]]) -> tuple[list[str], list[str]]:
+    """Templates "a {domain word} of a {}." and the domain each one names (to read p(context|x))."""
+    templates, domains = [], []
+    for domain, words in domain_words.items():
+        for w in words:
+            templates.append(f"{'an' if w[0] in 'aeiou' else 'a'} {w} of a {{}}.")
+            domains.append(domain)
+    return templates, domains
+
+
+def context_logits(features: torch.Tensor, directions: torch.Tensor, scale: float) -> torch.Tensor:
+    """Logits of p(context|x): scaled cosine similarity of each image to each context direction."""
+    return scale * features.float() @ directions.to(features.device).float().T
+
+
+def domain_read_accuracy(ctx_logits: torch.Tensor, ctx_domains: Sequence[str], true_domain: str) -> float:
+    """How often the domain with the most context probability mass is the image's true domain."""
+    names = sorted(set(ctx_domains))
+    member = torch.tensor([[d == n for d in ctx_domains] for n in names], dtype=torch.float32)   # (M, K)
+    mass = ctx_logits.softmax(-1) @ member.T                                                     # (N, M)
+    return float((mass.argmax(1) == names.index(true_domain)).float().mean())
+
+
 def context_kl(p0_logits: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
     """KL(p₀ ‖ p_θ) between context distributions given as logits, averaged over the batch."""
     return F.kl_div(F.log_softmax(p_logits, -1), F.log_softmax(p0_logits, -1), log_target=True,
@@ -179,6 +204,7 @@ class FinetuneRun:
     config: FinetuneConfig
     log: list[dict[str, float]]
     seconds: float
+    run_dir: Path | None = None
 
 
 def lr_at(step: int, cfg: FinetuneConfig) -> float:
@@ -199,6 +225,20 @@ def _images(dataset, idx: np.ndarray) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in idx])
 
 
+@torch.no_grad()
+def frozen_features(model: nn.Module, dataset, preprocess: Callable, autocast: Callable | None = None,
+                    batch_size: int = 500) -> torch.Tensor:
+    """L2-normalised features of every item of ``dataset`` under a frozen classifier's encoder (on CPU)."""
+    model.eval()
+    ac = autocast or (lambda: torch.autocast("cpu", enabled=False))
+    device = next(model.parameters()).device
+    out = []
+    for x, _ in iter_batches(dataset, batch_size):
+        with ac():
+            out.append(model.features(preprocess(x.to(device))).float().cpu())
+    return torch.cat(out)
+
+
 def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Sequence[str], cfg: FinetuneConfig,
              run_dir: str | Path | None = None, save_every: int = 50, stop_after: int | None = None,
              autocast: Callable | None = None, quiet: bool = False) -> FinetuneRun | None:
@@ -214,9 +254,9 @@ def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Se
     device = bundle.device
     start = zero_shot_classifier(bundle, classnames, templates, cfg.loss).to(device)
     model = copy.deepcopy(start).train()
-    frozen_visual, ctx = None, None
-    if cfg.loss == "carft":
-        frozen_visual = copy.deepcopy(start.visual).eval().requires_grad_(False)
+    frozen_feats, ctx = None, None
+    if cfg.loss == "carft":       # p₀(context|x) needs the frozen encoder's features: computed once, not per step
+        frozen_feats = frozen_features(start, train, bundle.preprocess, autocast)
         ctx = context_directions(bundle, classnames, templates, cfg.carft_context, cfg.seed)
         ctx_scale = bundle.model.logit_scale.exp().item()
     captions = None
@@ -256,9 +296,8 @@ def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Se
                 loss = F.cross_entropy(out, y)
                 acc = (out.argmax(1) == y).float().mean().item()
                 if cfg.loss == "carft":
-                    with torch.no_grad():
-                        p0 = ctx_scale * F.normalize(frozen_visual(x), dim=-1) @ ctx.T
-                    loss = loss + cfg.carft_beta * context_kl(p0, ctx_scale * feats @ ctx.T)
+                    p0 = context_logits(frozen_feats[torch.from_numpy(idx)].to(device), ctx, ctx_scale)
+                    loss = loss + cfg.carft_beta * context_kl(p0, context_logits(feats, ctx, ctx_scale))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -279,7 +318,7 @@ def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Se
             return None
     bar.close()
     model.eval()
-    return FinetuneRun(start.eval(), model, cfg, log, time.time() - t0)
+    return FinetuneRun(start.eval(), model, cfg, log, time.time() - t0, Path(run_dir) if run_dir else None)
 
 
 def train_linear_head(features: torch.Tensor, labels: torch.Tensor, head: torch.Tensor, scale: float,
@@ -316,6 +355,35 @@ def run_key(bundle: ClipBundle, train, classnames, templates, cfg: FinetuneConfi
                        code_fingerprint(), code_fingerprint("finetune.py"))
 
 
+def run_finetune(profile, bundle: ClipBundle, bench, cfg: FinetuneConfig, quiet: bool = False) -> FinetuneRun:
+    """:func:`finetune` on a benchmark, cached under the profile's cache directory.
+
+    Chapters 5–7 share their runs this way: a run with the same start model, data, names,
+    templates, config and code is trained once and loaded afterwards.
+    """
+    key = run_key(bundle, bench.train, bench.classnames, bench.templates, cfg)
+    return finetune(bundle, bench.train, bench.classnames, bench.templates, cfg,
+                    run_dir=Path(profile.cache_dir) / "finetune" / key, autocast=profile.autocast, quiet=quiet)
+
+
+def sweep_run(run: FinetuneRun, evals: "EvalSets", alphas: Sequence[float] = ALPHAS,
+              autocast: Callable | None = None) -> list[dict]:
+    """The WiSE α sweep of a run on ``evals`` (rows ``{"alpha": α, set: accuracy, …}``).
+
+    Every evaluated α is cached beside the run, so chapters sharing a run evaluate each
+    mixture once; a later sweep over other α evaluates only the new ones.
+    """
+    path = run.run_dir / f"sweep-{evals.key}.json" if run.run_dir is not None and evals.key else None
+    done = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    todo = [float(a) for a in alphas if f"{float(a):.4f}" not in done]
+    if todo:
+        for row in wise_sweep(run.start, run.end, lambda m: evals.accuracy(m, autocast), todo):
+            done[f"{row['alpha']:.4f}"] = row
+        if path is not None:
+            save_json(done, path)
+    return [done[f"{float(a):.4f}"] for a in alphas]
+
+
 # ----------------------------------------------------------------------------- evaluation
 class EvalSets:
     """Evaluation datasets, preprocessed once and kept in memory (an α sweep reuses them)."""
@@ -328,6 +396,22 @@ class EvalSets:
             self.data[name] = ([x for x, _ in batches], [y for _, y in batches])
         self.preprocess = bundle.preprocess
         self.device = bundle.device
+        keys = [getattr(ds, "cache_key", None) for ds in datasets.values()]
+        self.key = None if None in keys else stable_hash(list(datasets), keys, bundle.key)
+
+    @torch.no_grad()
+    def features(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{set: (L2-normalised image features, labels)}`` of a classifier's image encoder."""
+        model.eval()
+        ac = autocast or (lambda: torch.autocast("cpu", enabled=False))
+        out = {}
+        for name, (chunks, labels) in self.data.items():
+            feats = []
+            for x in chunks:
+                with ac():
+                    feats.append(model.features(self.preprocess(x.to(self.device))).float().cpu())
+            out[name] = (torch.cat(feats), torch.cat(labels))
+        return out
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, float]:

@@ -130,3 +130,25 @@ def wise_curve(sweep, ax=None, label: str | None = None, color: str = "C0", titl
     if label:
         ax.legend(fontsize=8)
     return ax
+
+
+def method_map(curves: Mapping[str, "object"], points: Mapping[str, tuple[float, float]], ax=None,
+               title: str | None = None, id_col: str = "ID", ood_col: str = "OOD mean"):
+    """Every method on one ID–OOD plane: WiSE curves (DataFrames indexed by α) and single points.
+
+    A curve's fine-tuned end is a square, its α = 0 end (the zero-shot model) a star.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 5))
+    colours = sns.color_palette(PALETTE, len(curves) + len(points))
+    for (name, sweep), c in zip(curves.items(), colours):
+        x, y = sweep[id_col].to_numpy(), sweep[ood_col].to_numpy()
+        ax.plot(x, y, "-o", ms=3, color=c, label=f"{name} (α = 0 … 1)")
+        ax.scatter([x[-1]], [y[-1]], marker="s", s=60, color=c, edgecolor="k", zorder=3)
+    for (name, (x, y)), c, m in zip(points.items(), colours[len(curves):], "*PXD^v"):
+        ax.scatter([x], [y], marker=m, s=140, color=c, edgecolor="k", zorder=4, label=name)
+    ax.set(xlabel=f"{id_col} accuracy", ylabel=f"{ood_col} accuracy")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    return ax

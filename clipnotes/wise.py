@@ -50,3 +50,19 @@ def wise_sweep(model0: nn.Module, model1: nn.Module, evaluate, alphas=ALPHAS, pr
     for a in progress(alphas, desc="WiSE sweep", disable=not progress_bar or None):
         rows.append({"alpha": float(a), **evaluate(wise(model0, model1, float(a)))})
     return rows
+
+
+def ood_at_id(sweep, id_value: float, tol: float = 0.0, id_col: str = "ID", ood_col: str = "OOD mean") -> float:
+    """The best OOD accuracy a WiSE curve reaches at an ID accuracy of at least ``id_value - tol``.
+
+    The matched-ID reading of a curve: can the baseline, by choosing α, be as good in
+    distribution as a method *and* better out of it? ``sweep`` is a DataFrame indexed by α;
+    consecutive α points are joined by straight lines. NaN if the curve never gets there.
+    """
+    ids, oods = sweep[id_col].to_numpy(float), sweep[ood_col].to_numpy(float)
+    t = id_value - tol
+    reach = [y for x, y in zip(ids, oods) if x >= t]
+    for (x0, y0), (x1, y1) in zip(zip(ids[:-1], oods[:-1]), zip(ids[1:], oods[1:])):
+        if min(x0, x1) < t <= max(x0, x1):                 # the segment crosses ID = t
+            reach.append(y0 + (t - x0) * (y1 - y0) / (x1 - x0))
+    return max(reach) if reach else float("nan")

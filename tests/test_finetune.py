@@ -108,3 +108,63 @@ def test_wise_sweep_endpoints_are_the_two_models():
     rows = wise_sweep(m0, m1, lambda m: {"w": m.weight.sum().item()}, progress_bar=False)
     assert [r["alpha"] for r in rows] == list(ALPHAS)
     assert rows[0]["w"] == pytest.approx(m0.weight.sum().item()) and rows[-1]["w"] == pytest.approx(m1.weight.sum().item())
+
+
+def test_domain_contexts_and_domain_reading():
+    from clipnotes.finetune import domain_contexts, domain_read_accuracy
+    templates, domains = domain_contexts({"photo": ("photograph",), "cartoon": ("illustration", "comic")})
+    assert templates == ["a photograph of a {}.", "an illustration of a {}.", "a comic of a {}."]
+    assert domains == ["photo", "cartoon", "cartoon"]
+    # two images: one puts its mass on the photo context, one splits it over the cartoon contexts
+    ctx_logits = torch.log(torch.tensor([[0.8, 0.1, 0.1], [0.4, 0.3, 0.3]]))
+    assert domain_read_accuracy(ctx_logits, domains, "photo") == 0.5
+    assert domain_read_accuracy(ctx_logits, domains, "cartoon") == 0.5
+
+
+def test_cached_run_and_sweep_are_computed_once(bundle, train, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from clipnotes import finetune as FT
+    from clipnotes.profiles import get_profile
+    monkeypatch.setenv("CLIPNOTES_CACHE", str(tmp_path))
+    profile = get_profile("mini")
+    bench = SimpleNamespace(train=train, classnames=NAMES, templates=TEMPLATES)
+    cfg = FinetuneConfig(steps=3, batch_size=8, warmup=1, threads=1)
+    run = FT.run_finetune(profile, bundle, bench, cfg, quiet=True)
+    assert run.run_dir is not None and run.run_dir.is_relative_to(tmp_path)
+    evals = FT.EvalSets(bundle, {"ID": W.World(0).dataset("finetune-test-unit-eval", 20)})
+    rows = FT.sweep_run(run, evals, alphas=(0.0, 1.0))
+    assert rows[0]["ID"] == evals.accuracy(run.start)["ID"] and rows[1]["ID"] == evals.accuracy(run.end)["ID"]
+    # features + the head give the same predictions as the classifier itself
+    feats, labels = evals.features(run.end)["ID"]
+    assert (run.end.head(feats).argmax(1) == labels).float().mean().item() == pytest.approx(rows[1]["ID"])
+    # the second time, neither the run nor the sweep is recomputed
+    monkeypatch.setattr(FT, "wise_sweep", lambda *a, **k: pytest.fail("sweep recomputed"))
+    monkeypatch.setattr(FT, "batch_indices", lambda *a, **k: pytest.fail("run retrained"))
+    again = FT.run_finetune(profile, bundle, bench, cfg, quiet=True)
+    assert FT.sweep_run(again, evals, alphas=(0.0, 1.0)) == rows
+    sa, sb = run.end.state_dict(), again.end.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_ood_at_id_reads_the_curve_between_alphas():
+    import math
+
+    import pandas as pd
+    from clipnotes.wise import ood_at_id
+    sweep = pd.DataFrame({"ID": [0.80, 0.90, 0.95, 0.94], "OOD mean": [0.70, 0.78, 0.74, 0.75]},
+                         index=[0.0, 0.5, 0.8, 1.0])
+    assert ood_at_id(sweep, 0.85) == pytest.approx(0.78)         # reaches α = 0.5 (ID 0.90 ≥ 0.85)
+    assert ood_at_id(sweep, 0.93) == pytest.approx(0.756)        # on the way from α = 0.5 to 0.8
+    assert ood_at_id(sweep, 0.945) == pytest.approx(0.745)       # two crossings (0.744, 0.745) and α = 0.8
+    assert math.isnan(ood_at_id(sweep, 0.99))
+    assert ood_at_id(sweep, 0.99, tol=0.05) == pytest.approx(0.75)
+
+
+def test_frozen_features_are_the_start_models_features(bundle, train):
+    from clipnotes.finetune import frozen_features
+    start = zero_shot_classifier(bundle, NAMES, TEMPLATES)
+    cached = frozen_features(start, train, bundle.preprocess, batch_size=16)
+    with torch.no_grad():
+        direct = start.features(bundle.preprocess(train.images(slice(0, 8))))
+    assert cached.shape == (len(train), direct.shape[1]) and torch.allclose(cached[:8], direct, atol=1e-5)

@@ -1,4 +1,4 @@
-"""The `paper` code paths of chapters 2, 3 and 5, end to end on random-init ViT-B/32 and fake data.
+"""The `paper` code paths of chapters 2, 3 and 5–7, end to end on random-init ViT-B/32 and fake data.
 
 Real open_clip architectures (no weights are downloaded) and small fake copies of the
 datasets in their real on-disk formats: what a Colab reader runs, minus the GPU and the
@@ -58,4 +58,20 @@ def test_wise_chapter_path(paper, vit_b32):
     rows = wise_sweep(run.start, run.end, evals.accuracy, alphas=(0.0, 1.0), progress_bar=False)
     assert [sorted(r) for r in rows] == [sorted(["alpha", "ID", "CIFAR-10.1", "CIFAR-10.2"])] * 2
     start = zero_shot_classifier(vit_b32, bench.classnames, bench.templates[:2])
+    assert np.isclose(evals.accuracy(start)["ID"], rows[0]["ID"])
+
+
+@pytest.mark.parametrize("loss", ["flyp", "carft"])
+def test_flyp_and_carft_chapter_paths(paper, vit_b32, loss):
+    from clipnotes.finetune import run_finetune, sweep_run
+    bench = D.finetune_benchmark(paper)
+    bench.templates = bench.templates[:2]
+    cfg = recipe(paper, loss, steps=1, batch_size=2, warmup=1, threads=1)
+    run = run_finetune(paper, vit_b32, bench, cfg, quiet=True)
+    assert run.run_dir is not None and (run.run_dir / "state.pt").exists()
+    evals = EvalSets(vit_b32, bench.eval_sets, batch_size=2)
+    rows = sweep_run(run, evals, alphas=(0.0, 0.5, 1.0))
+    assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
+    assert set(rows[0]) == {"alpha", "ID", "CIFAR-10.1", "CIFAR-10.2"}
+    start = zero_shot_classifier(vit_b32, bench.classnames, bench.templates, loss)
     assert np.isclose(evals.accuracy(start)["ID"], rows[0]["ID"])
