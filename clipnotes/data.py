@@ -7,6 +7,8 @@ format, which is what the tests load.
 """
 from __future__ import annotations
 
+import json
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .utils import ClipnotesError
+from .utils import ClipnotesError, stable_hash
 
 #: CIFAR-100 class names as in openai/CLIP data/prompts.md (torchvision's, with spaces for "_").
 def cifar_classnames(name: str, raw: Sequence[str]) -> list[str]:
@@ -142,6 +144,147 @@ def write_fake_cifar10_shifts(root: str | Path, n: int = 12, seed: int = 0) -> P
     np.save(d2 / "cifar102_test.npy", np.array({"images": images(), "labels": labels()}, dtype=object),
             allow_pickle=True)
     return Path(root)
+
+
+# ----------------------------------------------------------------------------- image folders
+class ImageFileDataset(torch.utils.data.Dataset):
+    """Image files with integer labels; each image is resized (shorter side) and centre-cropped
+    to ``size`` on the CPU, so that batches stack, and yielded as a CHW uint8 tensor."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], classnames: Sequence[str], key: str,
+                 size: int = 224):
+        self.paths = [Path(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classnames = list(classnames)
+        self.cache_key = f"{key}-{size}px"
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                im = im.convert("RGB")
+        except (OSError, UnidentifiedImageError):
+            raise ClipnotesError(f"cannot read image {self.paths[i]}; the dataset copy looks incomplete or "
+                                 "corrupt — extract it again") from None
+        w, h = im.size
+        scale = self.size / min(w, h)
+        im = im.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
+        left, top = (im.size[0] - self.size) // 2, (im.size[1] - self.size) // 2
+        im = im.crop((left, top, left + self.size, top + self.size))
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1), int(self.labels[i])
+
+    def subset(self, keep: Sequence[int]) -> "ImageFileDataset":
+        """The items whose label is in ``keep``, relabelled 0…len(keep)−1 in that order."""
+        remap = {int(c): j for j, c in enumerate(keep)}
+        idx = [i for i, y in enumerate(self.labels) if int(y) in remap]
+        out = ImageFileDataset([self.paths[i] for i in idx], [remap[int(self.labels[i])] for i in idx],
+                               [self.classnames[int(c)] for c in keep], self.cache_key.rsplit("-", 1)[0], self.size)
+        out.cache_key += f"-classes{stable_hash(list(map(int, keep)), n=8)}"
+        return out
+
+
+#: CoOp's few-shot datasets that torchvision also provides: folder under ``CLIPNOTES_DATA``,
+#: image folder inside it, and CoOp's split file (layout of CoOp's DATASETS.md).
+COOP_DATASETS: dict[str, tuple[str, str, str]] = {
+    "OxfordPets": ("oxford_pets", "images", "split_zhou_OxfordPets.json"),
+    "Flowers102": ("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"),
+    "DTD": ("dtd", "images", "split_zhou_DescribableTextures.json"),
+    "EuroSAT": ("eurosat", "2750", "split_zhou_EuroSAT.json"),
+    "Caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
+}
+
+
+def coop_dataset(name: str, root: str | Path, split: str = "train", size: int = 224) -> ImageFileDataset:
+    """One split (train / val / test) of a CoOp dataset from its ``split_zhou_*.json`` file.
+
+    The file lists ``[relative image path, label, class name]`` per item; the class names are
+    CoOp's (e.g. EuroSAT's "Annual Crop Land"). Neither images nor split files are downloaded.
+    """
+    if name not in COOP_DATASETS:
+        raise ClipnotesError(f"unknown CoOp dataset {name!r}; use one of {', '.join(COOP_DATASETS)}")
+    if split not in ("train", "val", "test"):
+        raise ClipnotesError(f"unknown split {split!r}; use 'train', 'val' or 'test'")
+    folder, images, split_file = COOP_DATASETS[name]
+    base = Path(root) / folder
+    if not (base / split_file).exists() or not (base / images).is_dir():
+        raise ClipnotesError(f"{name} is not in {base}: put its images in {base / images} and {split_file} beside "
+                             "them, as CoOp's DATASETS.md describes (github.com/KaiyangZhou/CoOp)")
+    try:
+        items = json.loads((base / split_file).read_text())[split]
+        paths, labels, names = zip(*[(base / images / p, int(y), str(c)) for p, y, c in items]) if items else ((), (), ())
+    except (ValueError, KeyError, TypeError) as e:
+        raise ClipnotesError(f"{base / split_file} is not a CoOp split file ({e}); download it again") from None
+    by_label = dict(zip(labels, names))
+    if not by_label:
+        raise ClipnotesError(f"{base / split_file} has no {split} items")
+    classnames = [by_label.get(i, f"class {i}") for i in range(max(by_label) + 1)]
+    return ImageFileDataset(paths, labels, classnames, f"{name}-{split}", size)
+
+
+def base_new_classes(n_classes: int) -> tuple[list[int], list[int]]:
+    """CoOp/CoCoOp's base-to-new split: the first ⌈n/2⌉ labels are base, the rest new."""
+    m = math.ceil(n_classes / 2)
+    return list(range(m)), list(range(m, n_classes))
+
+
+PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+
+
+def pacs(root: str | Path, domain: str, size: int = 224) -> ImageFileDataset:
+    """One PACS domain from its folder layout ``PACS/<domain>/<class>/<image>`` (classes sorted)."""
+    if domain not in PACS_DOMAINS:
+        raise ClipnotesError(f"unknown PACS domain {domain!r}; use one of {', '.join(PACS_DOMAINS)}")
+    base = Path(root) / "PACS" / domain
+    if not base.is_dir():
+        raise ClipnotesError(f"PACS is not in {Path(root) / 'PACS'}; extract it there so that {base} holds one "
+                             "folder per class (the CLAP and DomainBed layout)")
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir())
+    items = [(f, y) for y, c in enumerate(classes) for f in sorted((base / c).iterdir())
+             if f.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    if not items:
+        raise ClipnotesError(f"{base} holds no images")
+    paths, labels = zip(*items)
+    return ImageFileDataset(paths, labels, classes, f"PACS-{domain}", size)
+
+
+def _write_image(path: Path, rng: np.random.Generator, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def write_fake_coop(root: str | Path, name: str = "DTD", n_classes: int = 4, per_split: int = 2,
+                    seed: int = 0) -> Path:
+    """A tiny fake copy of a CoOp dataset: random JPEGs of varied sizes and a split file in CoOp's format."""
+    folder, images, split_file = COOP_DATASETS[name]
+    base, rng = Path(root) / folder, np.random.default_rng(seed)
+    split = {}
+    for part in ("train", "val", "test"):
+        split[part] = []
+        for y in range(n_classes):
+            for k in range(per_split):
+                rel = f"class_{y}/{part}_{k}.jpg"
+                _write_image(base / images / rel, rng, (int(rng.integers(40, 80)), int(rng.integers(40, 80))))
+                split[part].append([rel, y, f"fake class {y}"])
+    (base / split_file).write_text(json.dumps(split))
+    return base
+
+
+def write_fake_pacs(root: str | Path, classes: Sequence[str] = ("dog", "elephant", "guitar"), per_class: int = 2,
+                    seed: int = 0) -> Path:
+    """A tiny fake PACS: every domain, ``per_class`` random images per class."""
+    rng = np.random.default_rng(seed)
+    for domain in PACS_DOMAINS:
+        for c in classes:
+            for k in range(per_class):
+                _write_image(Path(root) / "PACS" / domain / c / f"{k}.{'png' if k % 2 else 'jpg'}", rng, (50, 40))
+    return Path(root) / "PACS"
 
 
 # ----------------------------------------------------------------------------- benchmarks

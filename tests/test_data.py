@@ -87,3 +87,47 @@ def test_finetune_benchmark_mini_has_id_and_five_ood_sets():
     bench = D.finetune_benchmark(get_profile("mini"), n_train=50, n_eval=20)
     assert bench.eval_sets["ID"] is not None and len(bench.ood_names) == 5
     assert len(bench.train) == 50 and all(len(d) == 20 for d in bench.eval_sets.values())
+
+
+def test_coop_split_loader_reads_coops_format(tmp_path):
+    D.write_fake_coop(tmp_path, "EuroSAT", n_classes=4, per_split=2)
+    train = D.coop_dataset("EuroSAT", tmp_path, "train", size=32)
+    test = D.coop_dataset("EuroSAT", tmp_path, "test", size=32)
+    assert len(train) == 8 and len(test) == 8
+    assert train.classnames == [f"fake class {i}" for i in range(4)]
+    x, y = train[3]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and y == 1
+    base, new = D.base_new_classes(len(train.classnames))
+    assert (base, new) == ([0, 1], [2, 3])
+    new_test = test.subset(new)
+    assert new_test.classnames == ["fake class 2", "fake class 3"] and set(new_test.labels) == {0, 1}
+    assert new_test.cache_key != test.cache_key
+    from clipnotes.features import iter_batches
+    feats_batches = list(iter_batches(train, 5))
+    assert [len(y) for _, y in feats_batches] == [5, 3]
+
+
+def test_coop_and_pacs_loaders_say_what_to_do(tmp_path):
+    with pytest.raises(ClipnotesError, match="DATASETS.md"):
+        D.coop_dataset("DTD", tmp_path)
+    with pytest.raises(ClipnotesError, match="unknown CoOp dataset"):
+        D.coop_dataset("ImageNet", tmp_path)
+    D.write_fake_coop(tmp_path, "DTD")
+    (tmp_path / "dtd" / "split_zhou_DescribableTextures.json").write_text("{not json")
+    with pytest.raises(ClipnotesError, match="not a CoOp split file"):
+        D.coop_dataset("DTD", tmp_path)
+    with pytest.raises(ClipnotesError, match="PACS is not in"):
+        D.pacs(tmp_path, "photo")
+    with pytest.raises(ClipnotesError, match="unknown PACS domain"):
+        D.pacs(tmp_path, "clipart")
+
+
+def test_pacs_folder_loader(tmp_path):
+    D.write_fake_pacs(tmp_path, classes=("dog", "elephant", "guitar"), per_class=2)
+    ds = D.pacs(tmp_path, "sketch", size=24)
+    assert ds.classnames == ["dog", "elephant", "guitar"] and list(ds.labels) == [0, 0, 1, 1, 2, 2]
+    x, _ = ds[5]
+    assert x.shape == (3, 24, 24)
+    (tmp_path / "PACS" / "sketch" / "dog" / "0.jpg").write_bytes(b"not an image")
+    with pytest.raises(ClipnotesError, match="cannot read image"):
+        ds[0]
