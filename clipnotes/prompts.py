@@ -122,3 +122,64 @@ def nearest_words(bundle: ClipBundle, vectors: torch.Tensor, k: int = 3) -> list
         from open_clip.tokenizer import _tokenizer as bpe
         return [[bpe.decoder[int(i)] for i in row] for row in idx]
     return [[itos[int(i)] for i in row] for row in idx]
+
+
+def _frozen(model):
+    """A context manager that turns off gradients for ``model``'s own weights and restores them."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        flags = [p.requires_grad for p in model.parameters()]
+        model.requires_grad_(False)
+        try:
+            yield model
+        finally:
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+    return cm()
+
+
+def train_coop(bundle: ClipBundle, learner: PromptLearner, features: torch.Tensor, labels: torch.Tensor,
+               epochs: int, lr: float = 0.002, batch_size: int = 32, momentum: float = 0.9,
+               weight_decay: float = 5e-4, warmup_lr: float = 1e-5, seed: int = 0) -> list[float]:
+    """CoOp's recipe on cached, L2-normalised image features; returns the loss of every step.
+
+    SGD with momentum, one warm-up epoch at the constant rate ``warmup_lr``, then cosine decay
+    from ``lr`` over the remaining epochs; batches of ``batch_size`` drawn without replacement
+    each epoch. Only the context vectors train: the text tower runs, the image tower never does.
+    """
+    import math
+
+    if len(labels) == 0:
+        raise ClipnotesError("no training features for CoOp")
+    model = bundle.model
+    scale = model.logit_scale.exp().item()
+    x, y = features.float().to(bundle.device), torch.as_tensor(labels).to(bundle.device)
+    opt = torch.optim.SGD(learner.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    learner.train()
+    with _frozen(model):
+        for epoch in range(epochs):
+            rate = warmup_lr if epoch == 0 and epochs > 1 else \
+                0.5 * lr * (1 + math.cos(math.pi * (epoch - 1) / max(1, epochs - 1)))
+            for group in opt.param_groups:
+                group["lr"] = rate
+            for idx in torch.randperm(len(y), generator=g).split(batch_size):
+                idx = idx.to(bundle.device)
+                loss = F.cross_entropy(scale * x[idx] @ learner(model).float().T, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+    learner.eval()
+    return losses
+
+
+@torch.no_grad()
+def prompt_accuracy(bundle: ClipBundle, learner: PromptLearner, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of the learned prompts on cached, L2-normalised image features."""
+    text = learner(bundle.model).float()
+    pred = (features.float().to(text.device) @ text.T).argmax(1).cpu()
+    return float((pred == torch.as_tensor(labels)).float().mean())

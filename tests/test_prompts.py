@@ -55,3 +55,25 @@ def test_prompt_learner_errors():
         PromptLearner(bundle, NAMES, position="side")
     with pytest.raises(ClipnotesError, match="context length"):
         PromptLearner(bundle, NAMES, n_ctx=40)
+
+
+def test_coop_training_on_cached_features_fits_and_starts_at_the_hand_prompt():
+    from clipnotes import world as W
+    from clipnotes.prompts import prompt_accuracy, train_coop
+    bundle = create_mini("shipped")
+    ds = W.World(0).few_shot(4, domain="painting")
+    names = list(W.CLASSNAMES)
+    with torch.no_grad():
+        feats = bundle.encode_images(ds.images(slice(None)))
+    labels = torch.as_tensor(ds.labels)
+    hand = bundle.encode_texts([f"a photo of a {c}." for c in names])
+    learner = PromptLearner(bundle, names, init="a photo of a")
+    start = prompt_accuracy(bundle, learner, feats, labels)
+    assert start == pytest.approx(float(((feats @ hand.T).argmax(1) == labels).float().mean()))
+    frozen_before = [p.requires_grad for p in bundle.model.parameters()]
+    losses = train_coop(bundle, learner, feats, labels, epochs=30, lr=0.01, batch_size=8)
+    assert [p.requires_grad for p in bundle.model.parameters()] == frozen_before     # flags restored
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5                                # it learns ...
+    assert prompt_accuracy(bundle, learner, feats, labels) >= start                  # ... and fits the shots
+    with pytest.raises(ClipnotesError, match="no training features"):
+        train_coop(bundle, learner, feats[:0], labels[:0], epochs=1)
