@@ -69,8 +69,11 @@ seeds: $(STAMP)
 test: unit nbval book-strict
 	@echo "==> all tests passed"
 
+# On a CPU the model benchmarks run at small sizes; on a CUDA machine drop the size flags.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render_speed.py
+	$(BIN)/python benchmarks/coop_epoch.py --model clipnotes-mini
+	$(BIN)/python benchmarks/finetune_throughput.py --batch 8 --steps 6
 
 doctor: $(STAMP)
 	$(BIN)/python -m clipnotes doctor
