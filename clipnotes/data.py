@@ -156,8 +156,8 @@ class ImageFileDataset(torch.utils.data.Dataset):
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classnames = list(classnames)
+        self.key, self.size = key, int(size)
         self.cache_key = f"{key}-{size}px"
-        self.size = int(size)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -182,10 +182,9 @@ class ImageFileDataset(torch.utils.data.Dataset):
         """The items whose label is in ``keep``, relabelled 0…len(keep)−1 in that order."""
         remap = {int(c): j for j, c in enumerate(keep)}
         idx = [i for i, y in enumerate(self.labels) if int(y) in remap]
-        out = ImageFileDataset([self.paths[i] for i in idx], [remap[int(self.labels[i])] for i in idx],
-                               [self.classnames[int(c)] for c in keep], self.cache_key.rsplit("-", 1)[0], self.size)
-        out.cache_key += f"-classes{stable_hash(list(map(int, keep)), n=8)}"
-        return out
+        return ImageFileDataset([self.paths[i] for i in idx], [remap[int(self.labels[i])] for i in idx],
+                                [self.classnames[int(c)] for c in keep],
+                                f"{self.key}-classes{stable_hash(list(map(int, keep)), n=8)}", self.size)
 
 
 #: CoOp's few-shot datasets that torchvision also provides: folder under ``CLIPNOTES_DATA``,

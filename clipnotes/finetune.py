@@ -225,18 +225,26 @@ def _images(dataset, idx: np.ndarray) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in idx])
 
 
+def _no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
 @torch.no_grad()
+def _encode(model: nn.Module, images, preprocess: Callable, autocast: Callable | None) -> torch.Tensor:
+    """L2-normalised features (on CPU) of a classifier's image encoder over uint8 image batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for x in images:
+        with (autocast or _no_autocast)():
+            out.append(model.features(preprocess(x.to(device))).float().cpu())
+    return torch.cat(out)
+
+
 def frozen_features(model: nn.Module, dataset, preprocess: Callable, autocast: Callable | None = None,
                     batch_size: int = 500) -> torch.Tensor:
     """L2-normalised features of every item of ``dataset`` under a frozen classifier's encoder (on CPU)."""
-    model.eval()
-    ac = autocast or (lambda: torch.autocast("cpu", enabled=False))
-    device = next(model.parameters()).device
-    out = []
-    for x, _ in iter_batches(dataset, batch_size):
-        with ac():
-            out.append(model.features(preprocess(x.to(device))).float().cpu())
-    return torch.cat(out)
+    return _encode(model, (x for x, _ in iter_batches(dataset, batch_size)), preprocess, autocast)
 
 
 def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Sequence[str], cfg: FinetuneConfig,
@@ -275,7 +283,7 @@ def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Se
     t0 = time.time() - spent
     bar = progress(total=cfg.steps, initial=step, desc=f"fine-tune ({cfg.loss})", disable=quiet or None)
     done_here = 0
-    ac = autocast or (lambda: torch.autocast("cpu", enabled=False))
+    ac = autocast or _no_autocast
     while step < cfg.steps:
         idx = batch_indices(len(train), cfg, step)
         x = bundle.preprocess(_images(train, idx).to(device))
@@ -399,24 +407,15 @@ class EvalSets:
         keys = [getattr(ds, "cache_key", None) for ds in datasets.values()]
         self.key = None if None in keys else stable_hash(list(datasets), keys, bundle.key)
 
-    @torch.no_grad()
     def features(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{set: (L2-normalised image features, labels)}`` of a classifier's image encoder."""
-        model.eval()
-        ac = autocast or (lambda: torch.autocast("cpu", enabled=False))
-        out = {}
-        for name, (chunks, labels) in self.data.items():
-            feats = []
-            for x in chunks:
-                with ac():
-                    feats.append(model.features(self.preprocess(x.to(self.device))).float().cpu())
-            out[name] = (torch.cat(feats), torch.cat(labels))
-        return out
+        return {name: (_encode(model, chunks, self.preprocess, autocast), torch.cat(labels))
+                for name, (chunks, labels) in self.data.items()}
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, float]:
         model.eval()
-        ac = autocast or (lambda: torch.autocast("cpu", enabled=False))
+        ac = autocast or _no_autocast
         out = {}
         for name, (chunks, labels) in self.data.items():
             correct = 0

@@ -8,6 +8,7 @@ exactly as ``open_clip.CLIP.encode_text`` does after its embedding lookup.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -124,20 +125,16 @@ def nearest_words(bundle: ClipBundle, vectors: torch.Tensor, k: int = 3) -> list
     return [[itos[int(i)] for i in row] for row in idx]
 
 
+@contextlib.contextmanager
 def _frozen(model):
-    """A context manager that turns off gradients for ``model``'s own weights and restores them."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def cm():
-        flags = [p.requires_grad for p in model.parameters()]
-        model.requires_grad_(False)
-        try:
-            yield model
-        finally:
-            for p, f in zip(model.parameters(), flags):
-                p.requires_grad_(f)
-    return cm()
+    """Turn off gradients for ``model``'s own weights, and restore its flags afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
 
 
 def train_coop(bundle: ClipBundle, learner: PromptLearner, features: torch.Tensor, labels: torch.Tensor,
