@@ -41,6 +41,9 @@ def wise(model0: nn.Module, model1: nn.Module, alpha: float) -> nn.Module:
 #: WiSE-FT's default sweep: α = 0, 0.1, …, 1.
 ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
+#: A coarser sweep for the chapters that compare several methods' curves (half the evaluations).
+COARSE_ALPHAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+
 
 def wise_sweep(model0: nn.Module, model1: nn.Module, evaluate, alphas=ALPHAS, progress_bar: bool = True) -> list[dict]:
     """``evaluate(θ(α))`` for every α: a list of ``{"alpha": α, **scores}`` rows."""
