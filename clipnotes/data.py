@@ -225,10 +225,28 @@ def coop_dataset(name: str, root: str | Path, split: str = "train", size: int = 
     return ImageFileDataset(paths, labels, classnames, f"{name}-{split}", size)
 
 
-def base_new_classes(n_classes: int) -> tuple[list[int], list[int]]:
-    """CoOp/CoCoOp's base-to-new split: the first ⌈n/2⌉ labels are base, the rest new."""
-    m = math.ceil(n_classes / 2)
-    return list(range(m)), list(range(m, n_classes))
+#: CoOp's hand-crafted prompt for each dataset: the zero-shot baseline it compares with (``trainers/zsclip.py``).
+COOP_HAND_PROMPTS: dict[str, str] = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "Flowers102": "a photo of a {}, a type of flower.",
+    "DTD": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "Caltech101": "a photo of a {}.",
+}
+
+
+BASE_NEW_SPLITS = ("first-half", "alternate")
+
+
+def base_new_classes(n_classes: int, split: str = "first-half") -> tuple[list[int], list[int]]:
+    """A base-to-new split of the labels: CoCoOp's (the first ⌈n/2⌉ are base, the rest new),
+    or ``"alternate"`` (even labels base, odd new) where the label order groups hard classes."""
+    if split == "first-half":
+        m = math.ceil(n_classes / 2)
+        return list(range(m)), list(range(m, n_classes))
+    if split == "alternate":
+        return list(range(0, n_classes, 2)), list(range(1, n_classes, 2))
+    raise ClipnotesError(f"unknown base-to-new split {split!r}; use one of {BASE_NEW_SPLITS}")
 
 
 PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
@@ -333,6 +351,33 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int = 0) -> np.nda
     rng = np.random.default_rng(seed)
     picks = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
     return np.sort(np.concatenate(picks))
+
+
+@dataclass
+class FewShotBenchmark:
+    """A few-shot task (chapter 4): a labelled pool the shots are drawn from, a test set, the hand prompt."""
+
+    name: str
+    pool: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    classnames: list[str]
+    template: str
+
+
+def few_shot_benchmark(profile, dataset: str = "EuroSAT", pool_per_class: int = 64,
+                       n_test: int = 1000) -> FewShotBenchmark:
+    """mini: paintings, the style where the hand prompt is weakest; paper: a CoOp dataset (train → test)
+    with CoOp's hand prompt (``pool_per_class``/``n_test`` apply to mini only)."""
+    from . import world as W
+    from .zeroshot import PHOTO_TEMPLATE
+
+    if profile.name == "mini":
+        world, n = W.World(profile.seed), len(W.CLASSNAMES)
+        pool = world.dataset("fewshot-pool", pool_per_class * n, domain="painting", shape=W.Cycle(range(n)))
+        return FewShotBenchmark("mini world: paintings", pool, world.domain_split("painting", n_test),
+                                list(W.CLASSNAMES), PHOTO_TEMPLATE)
+    train, test = (coop_dataset(dataset, profile.data_dir, split) for split in ("train", "test"))
+    return FewShotBenchmark(dataset, train, test, test.classnames, COOP_HAND_PROMPTS[dataset])
 
 
 @dataclass

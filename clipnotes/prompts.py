@@ -16,9 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import ClipBundle
-from .utils import ClipnotesError
+from .utils import ClipnotesError, progress
 
 POSITIONS = ("end", "middle", "front")
+
+#: CoOp's training epochs per shot count (``scripts/coop``: 50 / 100 / 100 / 200 / 200).
+COOP_EPOCHS: dict[int, int] = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
+
+#: The chapter's two CoOp variants: a shared context from "a photo of a" (CoOp's ctxv1 configs)
+#: and a class-specific random one (CSC).
+COOP_VARIANTS: dict[str, dict] = {"CoOp": dict(init="a photo of a"), "CoOp, class-specific": dict(n_ctx=4, csc=True)}
 
 
 def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -104,6 +111,15 @@ class PromptLearner(nn.Module):
             rows.append(torch.cat(parts, 1))
         return torch.cat(rows)
 
+    def for_classes(self, bundle: ClipBundle, classnames: Sequence[str]) -> "PromptLearner":
+        """The same learned (shared) context around other class names: CoOp on new classes."""
+        if self.csc:
+            raise ClipnotesError("a class-specific context has no vectors for new classes; use a shared context")
+        other = PromptLearner(bundle, classnames, n_ctx=self.n_ctx, position=self.position)
+        with torch.no_grad():
+            other.ctx.copy_(self.ctx)
+        return other.eval()
+
     def tokens_for_pooling(self) -> torch.Tensor:
         """Token ids in the spliced order (only the end-token position matters for pooling)."""
         return self.tokens
@@ -180,3 +196,107 @@ def prompt_accuracy(bundle: ClipBundle, learner: PromptLearner, features: torch.
     text = learner(bundle.model).float()
     pred = (features.float().to(text.device) @ text.T).argmax(1).cpu()
     return float((pred == torch.as_tensor(labels)).float().mean())
+
+
+def coop_epochs(shots: int) -> int:
+    """CoOp's epochs for a shot count (the nearest listed count at or below it)."""
+    return COOP_EPOCHS[max([k for k in COOP_EPOCHS if k <= shots] or [1])]
+
+
+def coop_lr(bundle: ClipBundle, lr: float = 0.002) -> float:
+    """CoOp's learning rate, rescaled to a model whose logit scale is not real CLIP's 100.
+
+    The gradient on the context vectors is proportional to the logit scale, so SGD's step
+    is too: ``lr · 100 / scale`` gives the mini CLIP (scale ≈ 35) the step real CLIP takes
+    with 0.002, and leaves 0.002 unchanged for real CLIP.
+    """
+    return lr * 100.0 / bundle.model.logit_scale.exp().item()
+
+
+def fit_coop(bundle: ClipBundle, classnames: Sequence[str], features: torch.Tensor, labels: torch.Tensor,
+             shots: int, seed: int = 0, **learner_kwargs) -> PromptLearner:
+    """A prompt learner trained with CoOp's recipe for ``shots`` shots (epochs, rescaled lr)."""
+    learner = PromptLearner(bundle, classnames, seed=seed, **learner_kwargs)
+    train_coop(bundle, learner, features, labels, epochs=coop_epochs(shots), lr=coop_lr(bundle), seed=seed)
+    return learner
+
+
+def _relabel(labels: torch.Tensor, keep: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mask of the items whose label is in ``keep`` and their labels renumbered 0…len(keep)−1."""
+    keep_t = torch.as_tensor(list(keep))
+    mask = torch.isin(labels, keep_t)
+    return mask, (labels[mask][:, None] == keep_t[None, :]).float().argmax(1)
+
+
+def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], template: str,
+                    shots: Sequence[int] = (1, 2, 4, 8, 16), draws: int = 3, seed: int = 0,
+                    variants: dict[str, dict] | None = None) -> "pd.DataFrame":
+    """Test accuracy of the hand prompt, a linear probe and CoOp variants after k shots per class.
+
+    ``pool`` and ``test`` are cached feature sets (``.features``, ``.labels``); each of ``draws``
+    draws picks its own k images per class from the pool. Rows: method, shots, draw, accuracy.
+    """
+    import pandas as pd
+
+    from .data import few_shot_indices
+    from .zeroshot import fit_linear_probe, zero_shot_head
+
+    variants = COOP_VARIANTS if variants is None else variants
+    x, y = test.features, test.labels
+    hand = float(((x @ zero_shot_head(bundle, classnames, [template]).cpu()).argmax(1) == y).float().mean())
+    rows = []
+    bar = progress(total=len(shots) * draws * (len(variants) + 1), desc="few-shot runs")
+    for k in shots:
+        for d in range(draws):
+            idx = torch.as_tensor(few_shot_indices(pool.labels.numpy(), k, seed=seed * 1000 + d))
+            fx, fy = pool.features[idx], pool.labels[idx]
+            probe = fit_linear_probe(fx, fy, seed=seed)
+            rows += [dict(method="hand prompt", shots=k, draw=d, accuracy=hand),
+                     dict(method="linear probe", shots=k, draw=d, accuracy=float(probe.score(x.numpy(), y.numpy())))]
+            bar.update(1)
+            for name, kwargs in variants.items():
+                learner = fit_coop(bundle, classnames, fx, fy, k, seed=seed * 1000 + d, **kwargs)
+                rows.append(dict(method=name, shots=k, draw=d, accuracy=prompt_accuracy(bundle, learner, x, y)))
+                bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def base_to_new(bundle: ClipBundle, pool, test, classnames: Sequence[str], template: str, shots: int = 16,
+                draws: int = 3, seed: int = 0, split: str = "first-half", **learner_kwargs) -> "pd.DataFrame":
+    """CoCoOp's base-to-new protocol: CoOp learns on the base half of the classes, and its context
+    is tested on base and on the unseen new half (each a classification among its own classes).
+
+    ``split`` is :func:`clipnotes.data.base_new_classes`'s. Rows per draw for the hand prompt
+    and CoOp: base, new and their harmonic mean H.
+    """
+    import pandas as pd
+
+    from .data import base_new_classes, few_shot_indices
+    from .zeroshot import zero_shot_head
+
+    learner_kwargs = learner_kwargs or COOP_VARIANTS["CoOp"]
+    base, new = base_new_classes(len(classnames), split)
+    names = {"base": [classnames[i] for i in base], "new": [classnames[i] for i in new]}
+    pool_mask, pool_y = _relabel(pool.labels, base)
+    pool_x = pool.features[pool_mask]
+    tests = {part: _relabel(test.labels, keep) for part, keep in (("base", base), ("new", new))}
+
+    def acc(part: str, text: torch.Tensor) -> float:
+        mask, yy = tests[part]
+        return float(((test.features[mask] @ text.T).argmax(1) == yy).float().mean())
+
+    hand = {part: acc(part, zero_shot_head(bundle, names[part], [template]).cpu().T) for part in tests}
+    rows = []
+    for d in progress(range(draws), desc="base-to-new runs"):
+        idx = torch.as_tensor(few_shot_indices(pool_y.numpy(), shots, seed=seed * 1000 + d))
+        learner = fit_coop(bundle, names["base"], pool_x[idx], pool_y[idx], shots, seed=seed * 1000 + d,
+                           **learner_kwargs)
+        with torch.no_grad():
+            coop = {"base": learner(bundle.model).float().cpu(),
+                    "new": learner.for_classes(bundle, names["new"])(bundle.model).float().cpu()}
+        rows.append(dict(method="hand prompt", draw=d, **hand))
+        rows.append(dict(method="CoOp", draw=d, **{part: acc(part, t) for part, t in coop.items()}))
+    out = pd.DataFrame(rows)
+    out["H"] = 2 * out["base"] * out["new"] / (out["base"] + out["new"])
+    return out

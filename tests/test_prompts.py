@@ -77,3 +77,53 @@ def test_coop_training_on_cached_features_fits_and_starts_at_the_hand_prompt():
     assert prompt_accuracy(bundle, learner, feats, labels) >= start                  # ... and fits the shots
     with pytest.raises(ClipnotesError, match="no training features"):
         train_coop(bundle, learner, feats[:0], labels[:0], epochs=1)
+
+
+def _fake_features(n_per_class, dim, n_classes=4, seed=0):
+    """Unit features clustered by class, as a FeatureSet-like object."""
+    from types import SimpleNamespace
+    centres = torch.nn.functional.normalize(torch.randn(n_classes, dim, generator=torch.Generator().manual_seed(9)), dim=-1)
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n_classes).repeat_interleave(n_per_class)
+    x = torch.nn.functional.normalize(centres[y] + 0.5 / dim ** 0.5 * torch.randn(len(y), dim, generator=g), dim=-1)
+    return SimpleNamespace(features=x, labels=y)
+
+
+def test_coop_lr_scales_with_the_logit_scale_and_epochs_follow_coop():
+    from clipnotes.prompts import coop_epochs, coop_lr
+    bundle = create_mini("shipped")
+    scale = bundle.model.logit_scale.exp().item()
+    assert coop_lr(bundle) == pytest.approx(0.002 * 100 / scale)
+    with torch.no_grad():
+        bundle.model.logit_scale.fill_(torch.log(torch.tensor(100.0)))
+    assert coop_lr(bundle) == pytest.approx(0.002)                      # real CLIP keeps CoOp's 0.002
+    assert [coop_epochs(k) for k in (1, 2, 4, 8, 16, 32)] == [50, 100, 100, 200, 200, 200]
+
+
+def test_shared_context_moves_to_new_classes_but_class_specific_cannot():
+    bundle = create_mini("shipped")
+    pl = PromptLearner(bundle, NAMES, n_ctx=4, seed=3)
+    other = pl.for_classes(bundle, ["square", "cross"])
+    assert torch.equal(other.ctx, pl.ctx) and other.classnames == ["square", "cross"]
+    with pytest.raises(ClipnotesError, match="class-specific"):
+        PromptLearner(bundle, NAMES, n_ctx=4, csc=True).for_classes(bundle, ["square"])
+
+
+def test_few_shot_curves_and_base_to_new_tables():
+    from clipnotes.prompts import base_to_new, few_shot_curves
+    bundle = create_mini("shipped")
+    names = ["star", "heart", "circle", "square"]
+    dim = bundle.encode_texts(["star"]).shape[1]
+    pool, test = _fake_features(8, dim, seed=0), _fake_features(5, dim, seed=1)
+    curves = few_shot_curves(bundle, pool, test, names, "a photo of a {}.", shots=(1, 2), draws=2,
+                             variants={"CoOp": dict(init="a photo of a")})
+    assert set(curves.method) == {"hand prompt", "linear probe", "CoOp"}
+    assert len(curves) == 2 * 2 * 3 and curves.accuracy.between(0, 1).all()
+    hand = curves[curves.method == "hand prompt"].accuracy
+    assert hand.nunique() == 1                                           # the hand prompt learns nothing
+    probe2 = curves[(curves.method == "linear probe") & (curves.shots == 2)].accuracy
+    assert probe2.mean() > 0.5                                           # clustered features are learnable
+    b2n = base_to_new(bundle, pool, test, names, "a photo of a {}.", shots=2, draws=2)
+    assert list(b2n.method) == ["hand prompt", "CoOp"] * 2
+    row = b2n.iloc[1]
+    assert row.H == pytest.approx(2 * row.base * row.new / (row.base + row.new))
