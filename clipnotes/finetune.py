@@ -312,7 +312,8 @@ def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Se
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step, done_here = step + 1, done_here + 1
-        log.append({"step": step, "loss": loss.item(), "train_acc": acc, "lr": lr_at(step - 1, cfg)})
+        log.append({"step": step, "loss": loss.item(), "train_acc": acc, "lr": lr_at(step - 1, cfg),
+                    "seconds": time.time() - t0})
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
