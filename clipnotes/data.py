@@ -353,31 +353,22 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int = 0) -> np.nda
     return np.sort(np.concatenate(picks))
 
 
-@dataclass
-class FewShotBenchmark:
-    """A few-shot task (chapter 4): a labelled pool the shots are drawn from, a test set, the hand prompt."""
+def few_shot_benchmark(profile, dataset: str = "EuroSAT", pool_per_class: int = 64, n_test: int = 1000) -> Benchmark:
+    """Chapter 4's few-shot task: shots come from ``train``, the hand prompt is ``templates[0]``.
 
-    name: str
-    pool: torch.utils.data.Dataset
-    test: torch.utils.data.Dataset
-    classnames: list[str]
-    template: str
-
-
-def few_shot_benchmark(profile, dataset: str = "EuroSAT", pool_per_class: int = 64,
-                       n_test: int = 1000) -> FewShotBenchmark:
-    """mini: paintings, the style where the hand prompt is weakest; paper: a CoOp dataset (train → test)
-    with CoOp's hand prompt (``pool_per_class``/``n_test`` apply to mini only)."""
+    mini: paintings, the style where the hand prompt is weakest; paper: a CoOp dataset
+    (train → test) with CoOp's hand prompt (``pool_per_class``/``n_test`` apply to mini only).
+    """
     from . import world as W
     from .zeroshot import PHOTO_TEMPLATE
 
     if profile.name == "mini":
         world, n = W.World(profile.seed), len(W.CLASSNAMES)
         pool = world.dataset("fewshot-pool", pool_per_class * n, domain="painting", shape=W.Cycle(range(n)))
-        return FewShotBenchmark("mini world: paintings", pool, world.domain_split("painting", n_test),
-                                list(W.CLASSNAMES), PHOTO_TEMPLATE)
+        return Benchmark("mini world: paintings", world.domain_split("painting", n_test), list(W.CLASSNAMES),
+                         [PHOTO_TEMPLATE], train=pool)
     train, test = (coop_dataset(dataset, profile.data_dir, split) for split in ("train", "test"))
-    return FewShotBenchmark(dataset, train, test, test.classnames, COOP_HAND_PROMPTS[dataset])
+    return Benchmark(dataset, test, test.classnames, [COOP_HAND_PROMPTS[dataset]], train=train)
 
 
 @dataclass

@@ -193,9 +193,10 @@ def train_coop(bundle: ClipBundle, learner: PromptLearner, features: torch.Tenso
 @torch.no_grad()
 def prompt_accuracy(bundle: ClipBundle, learner: PromptLearner, features: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of the learned prompts on cached, L2-normalised image features."""
+    from .zeroshot import accuracy
+
     text = learner(bundle.model).float()
-    pred = (features.float().to(text.device) @ text.T).argmax(1).cpu()
-    return float((pred == torch.as_tensor(labels)).float().mean())
+    return accuracy((features.float().to(text.device) @ text.T).cpu(), labels)
 
 
 def coop_epochs(shots: int) -> int:
@@ -239,11 +240,11 @@ def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], t
     import pandas as pd
 
     from .data import few_shot_indices
-    from .zeroshot import fit_linear_probe, zero_shot_head
+    from .zeroshot import accuracy, fit_linear_probe, zero_shot_head
 
     variants = COOP_VARIANTS if variants is None else variants
     x, y = test.features, test.labels
-    hand = float(((x @ zero_shot_head(bundle, classnames, [template]).cpu()).argmax(1) == y).float().mean())
+    hand = accuracy(x @ zero_shot_head(bundle, classnames, [template]).cpu(), y)
     rows = []
     bar = progress(total=len(shots) * draws * (len(variants) + 1), desc="few-shot runs")
     for k in shots:
@@ -273,7 +274,7 @@ def base_to_new(bundle: ClipBundle, pool, test, classnames: Sequence[str], templ
     import pandas as pd
 
     from .data import base_new_classes, few_shot_indices
-    from .zeroshot import zero_shot_head
+    from .zeroshot import accuracy, zero_shot_head
 
     learner_kwargs = learner_kwargs or COOP_VARIANTS["CoOp"]
     base, new = base_new_classes(len(classnames), split)
@@ -284,7 +285,7 @@ def base_to_new(bundle: ClipBundle, pool, test, classnames: Sequence[str], templ
 
     def acc(part: str, text: torch.Tensor) -> float:
         mask, yy = tests[part]
-        return float(((test.features[mask] @ text.T).argmax(1) == yy).float().mean())
+        return accuracy(test.features[mask] @ text.T, yy)
 
     hand = {part: acc(part, zero_shot_head(bundle, names[part], [template]).cpu().T) for part in tests}
     rows = []

@@ -82,15 +82,15 @@ def test_coop_chapter_path(paper, monkeypatch):
     from clipnotes import prompts
     D.write_fake_coop(paper.data_dir, "EuroSAT", n_classes=4, per_split=2)
     bench = D.few_shot_benchmark(paper, "EuroSAT")
-    assert bench.template == "a centered satellite photo of {}." and len(bench.classnames) == 4
+    assert bench.templates == ["a centered satellite photo of {}."] and len(bench.classnames) == 4
     torch.manual_seed(0)
     vit_b16 = create_paper("ViT-B-16-quickgelu", pretrained=None)
-    pool = encode_dataset(vit_b16, bench.pool, paper.cache_dir, batch_size=4)
-    test = encode_dataset(vit_b16, bench.test, paper.cache_dir, batch_size=4)
+    pool = encode_dataset(vit_b16, bench.train, paper.cache_dir, batch_size=4)
+    test = encode_dataset(vit_b16, bench.dataset, paper.cache_dir, batch_size=4)
     assert prompts.coop_lr(vit_b16) == pytest.approx(0.002 * 100 / vit_b16.model.logit_scale.exp().item())
     monkeypatch.setattr(prompts, "COOP_EPOCHS", {1: 2})                 # two epochs: the path, not the result
-    curves = prompts.few_shot_curves(vit_b16, pool, test, bench.classnames, bench.template, shots=(1,), draws=1,
+    curves = prompts.few_shot_curves(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=(1,), draws=1,
                                      variants={"CoOp": dict(init="a photo of a")})
     assert set(curves.method) == {"hand prompt", "linear probe", "CoOp"}
-    b2n = prompts.base_to_new(vit_b16, pool, test, bench.classnames, bench.template, shots=1, draws=1)
+    b2n = prompts.base_to_new(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=1, draws=1)
     assert b2n[["base", "new", "H"]].notna().all().all()
