@@ -1,23 +1,24 @@
 """CLAP: isolating content from style with contrastive learning on augmented prompts.
 
-Text only, encoders frozen. Prompts from an attribute grid ("a {type} of a {size} {colour}
-{class} {background}") are augmented by deleting attribute words (object size / colour,
-image type, background — OSD, OCD, ITD, ASD), swapping the order ("X of Y" → "Y in X
-style", SPO) and inserting Gaussian noise tokens (IGN). A small residual network on top of
-the frozen text features learns, with an NT-Xent loss, to map a prompt and its augmented
-view together (and the augmented view to its bare class name); since augmentations change
-style but keep content, what survives is content. At test time the same network is
-applied to image *and* text features, its residual scaled by α.
+Text only, both encoders frozen. Prompts from an attribute grid ("a {style} {type} of a
+{size} {colour} {class}") are augmented by deleting attribute words (object size OSD,
+object colour OCD, image type ITD, art style ASD), by swapping the order ("X of Y" →
+"Y in X style", SPO) and by splicing Gaussian noise tokens into the token embeddings (IGN).
+A small residual network on the frozen *raw* text features learns, with SimCLR's NT-Xent,
+to map a prompt and its augmented view together and the augmented view to its bare class
+name; the augmentations change style and keep content, so what survives is content. At
+test time the same network is applied to image *and* text features, its residual scaled
+by the inference weight α.
 """
 from __future__ import annotations
 
 import itertools
-import math
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,21 +26,55 @@ from torch import nn
 from .models import ClipBundle
 from .prompts import encode_token_embeddings
 from .utils import ClipnotesError, progress
+from .zeroshot import check_classnames, fit_linear_probe
 
 
 # ----------------------------------------------------------------------------- prompts
 @dataclass(frozen=True)
 class PromptGrid:
-    """Attribute values that build CLAP's training prompts."""
+    """Attribute values that build CLAP's training prompts.
+
+    ``style_before_type``: CLAP's art styles are adjectives of the image type ("a
+    realistic painting of ..."); the mini world's styles are background phrases that
+    follow the object ("... star on a striped background").
+    """
 
     types: tuple[str, ...]
     sizes: tuple[str, ...]
     colours: tuple[str, ...]
-    backgrounds: tuple[str, ...]
+    styles: tuple[str, ...]
+    style_before_type: bool = True
 
-    def prompts(self, classname: str) -> list[tuple[str, str, str, str]]:
-        """Every (type, size, colour, background) combination for a class."""
-        return list(itertools.product(self.types, self.sizes, self.colours, self.backgrounds))
+    def combos(self) -> list[tuple[str, str, str, str]]:
+        """Every (type, size, colour, style) combination."""
+        return list(itertools.product(self.types, self.sizes, self.colours, self.styles))
+
+    def __len__(self) -> int:
+        return len(self.types) * len(self.sizes) * len(self.colours) * len(self.styles)
+
+
+#: CLAP's attribute lists (``data/*.yaml`` of the official code): 480 prompts per class.
+CLAP_GRID = PromptGrid(
+    types=("painting", "sketch", "cartoon", "clipart", "photograph", "infograph", "mosaic art", "sculpture"),
+    sizes=("large", "normal sized", "small"),
+    colours=("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "brown", "multicolored"),
+    styles=("realistic", "impressionistic"),
+)
+
+
+def mini_grid() -> PromptGrid:
+    """The mini world's grid: its image-type words, sizes, colours and background phrases.
+
+    Phrases that use a class word ("on a star pattern", "on a diamond background") are left
+    out: a style must not name a class.
+    """
+    from . import world as W
+
+    class_words = set(W.CLASSNAMES) | {w for opts in W.SHAPE_WORDS.values() for w, _ in opts}
+    types = ("photo", "picture", "image", *(w for d in W.DOMAINS for w in W.DOMAIN_WORDS[d]))
+    styles = ("", *(p for phrases in W.BACKGROUND_PHRASES.values() for p in phrases
+                    if not class_words & set(p.split())))
+    return PromptGrid(types, W.SIZES, W.COLOURS, styles, style_before_type=False)
 
 
 def _article(word: str) -> str:
@@ -47,45 +82,50 @@ def _article(word: str) -> str:
 
 
 def render_prompt(classname: str, attrs: tuple[str, str, str, str], drop: frozenset[str] = frozenset(),
-                  swap: bool = False) -> str:
-    """Write a grid prompt, with some attributes deleted and optionally in swapped order."""
-    img_type, size, colour, bg = attrs
-    words = [w for w, k in ((size, "size"), (colour, "colour")) if k not in drop and w]
-    obj = " ".join(words + [classname])
-    obj = f"{_article(obj)} {obj}"
-    if bg and "background" not in drop:
-        obj = f"{obj} {bg}"
-    if "type" in drop or not img_type:
+                  swap: bool = False, style_before_type: bool = True) -> str:
+    """Write a grid prompt with the attributes in ``drop`` ("size", "colour", "type", "style")
+    deleted, optionally in swapped order ("Y in X style")."""
+    img_type, size, colour, style = (a if k not in drop else "" for a, k in
+                                     zip(attrs, ("type", "size", "colour", "style")))
+    lead = style if style_before_type else ""
+    trail = "" if style_before_type else style
+    if not img_type and lead:                      # no image type left: the style describes the object
+        size, lead = f"{lead} {size}".strip(), ""
+    phrase = " ".join(w for w in (size, colour, classname) if w)
+    obj = " ".join(w for w in (f"{_article(phrase)} {phrase}", trail) if w)
+    if not img_type:
         return obj
-    if swap:
-        return f"{obj} in {img_type} style"
-    return f"{_article(img_type)} {img_type} of {obj}"
+    kind = " ".join(w for w in (lead, img_type) if w)
+    return f"{obj} in {kind} style" if swap else f"{_article(kind)} {kind} of {obj}"
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Probabilities of CLAP's prompt augmentations (the repo's PACS run: OSD, OCD, SPO 0.5)."""
+    """Probabilities of CLAP's prompt augmentations. Defaults: every archived run of the
+    official code (OSD, OCD, SPO 0.5; ITD, ASD off; 4 noise tokens of std 0.02)."""
 
     size: float = 0.5          # OSD
     colour: float = 0.5        # OCD
     type: float = 0.0          # ITD
-    background: float = 0.0    # ASD (our "art style" is the background)
+    style: float = 0.0         # ASD
     swap: float = 0.5          # SPO
     noise_tokens: int = 4      # IGN length (0: off)
     noise_std: float = 0.02
 
 
-def augment(classname: str, attrs, aug: Augment, rng: random.Random) -> str:
+def augment(classname: str, attrs: tuple[str, str, str, str], aug: Augment, rng: random.Random,
+            style_before_type: bool = True) -> str:
+    """One random augmented view of a grid prompt (deletions and order swap; noise comes at encoding)."""
     drop = frozenset(k for k, p in (("size", aug.size), ("colour", aug.colour), ("type", aug.type),
-                                    ("background", aug.background)) if rng.random() < p)
-    return render_prompt(classname, attrs, drop, swap=rng.random() < aug.swap)
+                                    ("style", aug.style)) if rng.random() < p)
+    return render_prompt(classname, attrs, drop, swap=rng.random() < aug.swap, style_before_type=style_before_type)
 
 
-# ----------------------------------------------------------------------------- network
+# ----------------------------------------------------------------------------- network and loss
 class ResMLP(nn.Module):
     """CLAP's disentangling network: x + α · W₂(W₁ SiLU(x) + b₁), W₂ zero-initialised, no bias."""
 
-    def __init__(self, dim: int, latent: int = 128):
+    def __init__(self, dim: int, latent: int = 256):
         super().__init__()
         self.fc1 = nn.Linear(dim, latent)
         self.fc2 = nn.Linear(latent, dim, bias=False)
@@ -107,85 +147,251 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- text encoding
-def encode_with_noise(bundle: ClipBundle, texts: Sequence[str], n_noise: int, std: float,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """Encode texts with ``n_noise`` Gaussian pseudo-token embeddings inserted after the start token.
+NOISE_POSITIONS = ("front", "middle", "end")
 
-    One noise draw is shared by the batch, as in CLAP's code. ``n_noise=0`` is plain encoding.
+
+def encode_with_noise(bundle: ClipBundle, texts: Sequence[str], n_noise: int, std: float = 0.02,
+                      generator: torch.Generator | None = None, position: str = "front",
+                      normalize: bool = True) -> torch.Tensor:
+    """Encode texts with ``n_noise`` Gaussian pseudo-token embeddings spliced in (CLAP's IGN).
+
+    ``position``: "front" (after the start token), "end" (before the end token) or "middle"
+    (half before the text, half after it), as in CLAP's code. One noise draw is shared by
+    the batch. ``n_noise=0`` is plain encoding.
     """
-    model, tok = bundle.model, bundle.tokenizer
-    tokens = tok(list(texts)).to(bundle.device)
+    if position not in NOISE_POSITIONS:
+        raise ClipnotesError(f"unknown noise position {position!r}; use one of {', '.join(NOISE_POSITIONS)}")
+    model = bundle.model
+    tokens = bundle.tokenizer(list(texts)).to(bundle.device)
     if n_noise == 0:
-        return model.encode_text(tokens, normalize=True)
+        return model.encode_text(tokens, normalize=normalize)
     if (tokens[:, -n_noise:] != 0).any():
         raise ClipnotesError("prompts too long for noise tokens; shorten them or use fewer noise tokens")
     emb = model.token_embedding(tokens)
-    width = emb.shape[-1]
-    noise = (torch.randn(1, n_noise, width, generator=generator) * std).to(emb.device, emb.dtype)
-    spliced = torch.cat([emb[:, :1], noise.expand(len(texts), -1, -1), emb[:, 1:-n_noise]], 1)
-    shifted = torch.cat([tokens[:, :1], torch.zeros_like(tokens[:, :n_noise]), tokens[:, 1:-n_noise]], 1)
-    return encode_token_embeddings(model, spliced, shifted)
+    noise = (torch.randn(n_noise, emb.shape[-1], generator=generator) * std).to(emb.device, emb.dtype)
+    before = {"front": n_noise, "middle": n_noise // 2, "end": 0}[position]
+    lengths = (tokens != 0).sum(1).tolist()             # start + words + end
+    rows, ids = [], []
+    for e, t, n in zip(emb, tokens, lengths):
+        gap = torch.zeros(n_noise, dtype=t.dtype, device=t.device)
+        rows.append(torch.cat([e[:1], noise[:before], e[1:n - 1], noise[before:], e[n - 1:]])[:len(t)])
+        ids.append(torch.cat([t[:1], gap[:before], t[1:n - 1], gap[before:], t[n - 1:]])[:len(t)])
+    return encode_token_embeddings(model, torch.stack(rows), torch.stack(ids), normalize=normalize)
 
 
 # ----------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class ClapConfig:
-    steps: int = 3000
-    batch_size: int = 32
+    """CLAP's PACS recipe: Adam 1e-4, batch 8, 8,000 steps, latent 256, τ 0.5 / 1, λ 1."""
+
+    steps: int = 8000
+    batch_size: int = 8
     lr: float = 1e-4
-    latent: int = 128
+    latent: int = 256
     tau_text: float = 0.5
     tau_class: float = 1.0
     lam: float = 1.0
     seed: int = 0
 
 
+def clap_recipe(profile) -> tuple[PromptGrid, Augment, ClapConfig]:
+    """Grid, augmentations and optimisation of a profile.
+
+    paper: CLAP's PACS configuration. mini: the world's own attribute words, and all four
+    deletions on (image type and background are the mini world's styles; a style that is
+    never deleted is, to the loss, content).
+    """
+    cfg = ClapConfig(seed=profile.seed)
+    if profile.name == "mini":
+        return mini_grid(), Augment(type=0.5, style=0.5), cfg
+    return CLAP_GRID, Augment(), cfg
+
+
 def train_clap(bundle: ClipBundle, classnames: Sequence[str], grid: PromptGrid, cfg: ClapConfig = ClapConfig(),
-               aug: Augment = Augment(), quiet: bool = False) -> tuple[ResMLP, list[dict[str, float]]]:
-    """Train the disentangling network on text alone (CLIP frozen). Returns it and its loss log."""
-    if not classnames:
-        raise ClipnotesError("the class list is empty; pass at least one class name")
+               aug: Augment = Augment(), quiet: bool = False, autocast=None) -> tuple[ResMLP, pd.DataFrame]:
+    """Train the disentangling network on text alone (CLIP frozen). Returns it and its loss log
+    (the mean loss of every 100 steps)."""
+    classnames = check_classnames(classnames)
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     for p in bundle.model.parameters():
         p.requires_grad_(False)
-    dim = bundle.model.text_projection.shape[1]
-    net = ResMLP(dim, cfg.latent).to(bundle.device)
+    net = ResMLP(bundle.model.text_projection.shape[1], cfg.latent).to(bundle.device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    combos = {c: grid.prompts(c) for c in classnames}
-    with torch.no_grad():
-        class_feats = bundle.encode_texts(list(classnames))
-    log = []
+    combos, sbt = grid.combos(), grid.style_before_type
+    amp = autocast or (lambda: torch.autocast("cpu", enabled=False))
+    with torch.no_grad(), amp():
+        class_feats = bundle.encode_texts(classnames, normalize=False).float()
+    log, window = [], []
     for step in progress(range(cfg.steps), desc="CLAP", disable=quiet or None):
         cls = [rng.randrange(len(classnames)) for _ in range(cfg.batch_size)]
-        attrs = [rng.choice(combos[classnames[c]]) for c in cls]
-        prompts = [render_prompt(classnames[c], a) for c, a in zip(cls, attrs)]
-        augmented = [augment(classnames[c], a, aug, rng) for c, a in zip(cls, attrs)]
-        with torch.no_grad():
-            zt = bundle.encode_texts(prompts)
-            za = encode_with_noise(bundle, augmented, aug.noise_tokens, aug.noise_std, gen)
-        loss = nt_xent(net(zt), net(za), cfg.tau_text) + cfg.lam * nt_xent(net(za), net(class_feats[cls]),
-                                                                            cfg.tau_class)
+        attrs = [rng.choice(combos) for _ in cls]
+        prompts = [render_prompt(classnames[c], a, style_before_type=sbt) for c, a in zip(cls, attrs)]
+        views = [augment(classnames[c], a, aug, rng, sbt) for c, a in zip(cls, attrs)]
+        with torch.no_grad(), amp():
+            zt = bundle.encode_texts(prompts, normalize=False).float()
+            za = encode_with_noise(bundle, views, aug.noise_tokens, aug.noise_std, gen, rng.choice(NOISE_POSITIONS),
+                                   normalize=False).float()
+        za = net(za)
+        loss = nt_xent(net(zt), za, cfg.tau_text) + cfg.lam * nt_xent(za, net(class_feats[cls]), cfg.tau_class)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        log.append({"step": step + 1, "loss": loss.item()})
+        window.append(loss.item())
+        if len(window) == 100 or step + 1 == cfg.steps:
+            log.append({"step": step + 1, "loss": float(np.mean(window))})
+            window = []
     net.eval()
-    return net, log
+    return net, pd.DataFrame(log)
 
 
-def adapt(net: ResMLP, features: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Apply the trained network at inference weight α and renormalise."""
+def adapt(net: ResMLP | None, features: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Raw CLIP features → the network at inference weight α → unit norm (``net=None``: CLIP alone)."""
+    if net is None:
+        return F.normalize(features.float(), dim=-1)
     net.alpha = alpha
+    try:
+        with torch.no_grad():
+            out = net(features.float().to(next(net.parameters()).device))
+    finally:
+        net.alpha = 1.0
+    return F.normalize(out, dim=-1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+#: CLAP's zero-shot prompt formats (NC: the class name after 4 Gaussian noise tokens).
+PROMPT_FORMATS: dict[str, str] = {"C": "{}", "PC": "a photo of a {}", "CP": "a {} in a photo"}
+
+
+def format_text_features(bundle: ClipBundle, classnames: Sequence[str], noise_draws: int = 10,
+                         seed: int = 0) -> dict[str, torch.Tensor]:
+    """Raw text features of every prompt format: (C, D) each, and (draws, C, D) for NC."""
+    classnames = check_classnames(classnames)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        out = F.normalize(net(features.to(next(net.parameters()).device)), dim=-1)
-    net.alpha = 1.0
+        out = {k: bundle.encode_texts([t.format(c) for c in classnames], normalize=False).float().cpu()
+               for k, t in PROMPT_FORMATS.items()}
+        out["NC"] = torch.stack([encode_with_noise(bundle, classnames, 4, 0.02, gen, normalize=False).float().cpu()
+                                 for _ in range(noise_draws)])
     return out
 
 
-def prompt_robustness(acc: dict[str, float], c: str = "C", variants: Sequence[str] = ("C", "PC", "CP"),
+def format_accuracy(image_features: torch.Tensor, labels: torch.Tensor, groups: Sequence[str],
+                    texts: Mapping[str, torch.Tensor], net: ResMLP | None = None, alpha: float = 1.0) -> pd.DataFrame:
+    """Zero-shot accuracy (rows: groups such as domains; columns: prompt formats) from raw features.
+
+    NC is averaged over its noise draws, as CLAP redraws the noise for every test batch.
+    """
+    img = adapt(net, image_features, alpha).cpu()
+    groups, labels = np.asarray(groups), torch.as_tensor(labels)
+    table = {}
+    for name, feats in texts.items():
+        heads = feats if feats.dim() == 3 else feats[None]
+        hits = torch.stack([(img @ adapt(net, h, alpha).cpu().T).argmax(1) == labels for h in heads]).float().mean(0)
+        table[name] = {g: float(hits[torch.as_tensor(groups == g)].mean()) for g in dict.fromkeys(groups)}
+    return pd.DataFrame(table)
+
+
+def prompt_robustness(acc: Mapping[str, float], c: str = "C", variants: Sequence[str] = ("C", "PC", "CP"),
                       noisy: str = "NC") -> dict[str, float]:
-    """CLAP's metrics from zero-shot accuracies: range and std over prompt formats, and Δ(NC)."""
+    """CLAP's metrics from zero-shot accuracies: range and std over prompt formats, and Δ(NC) = C − NC."""
     vals = np.array([acc[v] for v in variants])
     return {"range": float(vals.max() - vals.min()), "std": float(vals.std()), "delta_nc": float(acc[c] - acc[noisy])}
+
+
+#: The inference weights scanned: CLAP's search grid 10^-1.5 … 1, in quarter decades.
+ALPHA_GRID: tuple[float, ...] = tuple(float(a) for a in np.round(10 ** np.arange(-1.5, 0.01, 0.25), 4))
+
+
+def choose_alpha(net: ResMLP, image_features: torch.Tensor, labels: torch.Tensor,
+                 texts: Mapping[str, torch.Tensor], alphas: Sequence[float] = ALPHA_GRID,
+                 formats: Sequence[str] = ("C", "PC", "CP"), budget: float = 0.005) -> tuple[float, pd.DataFrame]:
+    """The largest α whose mean accuracy over ``formats`` on a held-out *source* split is at
+    most ``budget`` below CLIP's (α = 0). CLAP's own search maximises ZS(PC) on the test
+    domains. Returns α and the scan, with CLIP as row 0.
+    """
+    groups = ["source"] * len(labels)
+    rows = {a: format_accuracy(image_features, labels, groups, texts, net if a else None, a).iloc[0]
+            for a in (0.0, *alphas)}
+    scan = pd.DataFrame(rows).T.rename_axis("alpha")
+    scan["mean"] = scan[list(formats)].mean(axis=1)
+    free = scan.index[scan["mean"] >= scan.loc[0.0, "mean"] - budget]
+    return float(max(free)), scan
+
+
+# ----------------------------------------------------------------------------- what the features hold
+def probe_factors(features: torch.Tensor, factors: Mapping[str, np.ndarray], seed: int = 0,
+                  train_fraction: float = 0.5) -> dict[str, float]:
+    """Held-out accuracy of a linear probe (logistic regression) per known factor of the images."""
+    n = len(features)
+    order = np.random.default_rng(seed).permutation(n)
+    tr, te = order[:int(n * train_fraction)], order[int(n * train_fraction):]
+    x = features.numpy()
+    return {name: float(fit_linear_probe(features[tr], torch.as_tensor(y[tr]), seed=seed).score(x[te], y[te]))
+            for name, y in ((k, np.asarray(v)) for k, v in factors.items())}
+
+
+def knn_factors(features: torch.Tensor, factors: Mapping[str, np.ndarray], k: int = 10) -> dict[str, float]:
+    """Leave-one-out k-nearest-neighbour (cosine) accuracy per factor: what a t-SNE neighbourhood shows."""
+    f = F.normalize(features.float(), dim=-1)
+    sim = f @ f.T
+    sim.fill_diagonal_(-2)
+    nn_idx = sim.topk(k, dim=1).indices.numpy()
+    out = {}
+    for name, y in factors.items():
+        y = np.asarray(y)
+        votes = y[nn_idx]
+        pred = np.array([np.bincount(v).argmax() for v in votes])
+        out[name] = float((pred == y).mean())
+    return out
+
+
+def zero_shot_classifier(bundle: ClipBundle, text_features: torch.Tensor, net: ResMLP | None = None,
+                         alpha: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Images in [0, 1] → cosine scores with the class prompts, through the network if given
+    (the classifier CLAP's attacks differentiate)."""
+    head = adapt(net, text_features, alpha).to(bundle.device)
+
+    def classify(x: torch.Tensor) -> torch.Tensor:
+        raw = bundle.encode_images(x, normalize=False).float()
+        if net is None:
+            return F.normalize(raw, dim=-1) @ head.T
+        net.alpha = alpha
+        try:
+            return F.normalize(net(raw), dim=-1) @ head.T
+        finally:
+            net.alpha = 1.0
+
+    return classify
+
+
+def known_factors(dataset, idx: np.ndarray, groups: Sequence[str]) -> dict[str, np.ndarray]:
+    """The factors of items ``idx`` that a probe can try to read: class and domain, and in the
+    mini world also colour, size and background."""
+    out = {"class": np.asarray(dataset.labels)[idx], "domain": np.unique(np.asarray(groups), return_inverse=True)[1][idx]}
+    f = getattr(dataset, "factors", None)
+    if f is not None:
+        out.update({k: np.asarray(getattr(f, k))[idx] for k in ("colour", "size", "background")})
+    return out
+
+
+def few_shot_probes(pool: torch.Tensor, pool_labels: torch.Tensor, pool_groups: Sequence[str], test: torch.Tensor,
+                    test_labels: torch.Tensor, test_groups: Sequence[str],
+                    views: Mapping[str, tuple[ResMLP | None, float]], shots: Sequence[int] = (1, 2, 4, 8, 16),
+                    seed: int = 0) -> pd.DataFrame:
+    """Per group (domain) and shot count: a linear probe on K labelled pool images per class of
+    that group, tested on the group's test images, for each feature view (name → (net, α))."""
+    from .data import few_shot_indices
+
+    pool_groups, test_groups = np.asarray(pool_groups), np.asarray(test_groups)
+    rows = []
+    for g in dict.fromkeys(test_groups):
+        p_idx, t_idx = np.flatnonzero(pool_groups == g), np.flatnonzero(test_groups == g)
+        for k in shots:
+            pick = p_idx[few_shot_indices(pool_labels[p_idx].numpy(), k, seed=seed)]
+            for name, (net, alpha) in views.items():
+                x_tr, x_te = adapt(net, pool[pick], alpha).cpu(), adapt(net, test[t_idx], alpha).cpu()
+                probe = fit_linear_probe(x_tr, pool_labels[pick], seed=seed)
+                rows.append({"features": name, "domain": g, "shots": k,
+                             "accuracy": float(probe.score(x_te.numpy(), test_labels[t_idx].numpy()))})
+    return pd.DataFrame(rows)

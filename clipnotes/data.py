@@ -320,6 +320,7 @@ class Benchmark:
     train: torch.utils.data.Dataset | None = None   # where few-shot examples come from
     curated: list[str] | None = None         # better class names, where known
     style_templates: dict[str, str] = field(default_factory=dict)   # a template per group, where one fits
+    val: torch.utils.data.Dataset | None = None     # a held-out split for choosing hyper-parameters
 
 
 def zero_shot_benchmarks(profile) -> list[Benchmark]:
@@ -369,6 +370,50 @@ def few_shot_benchmark(profile, dataset: str = "EuroSAT", pool_per_class: int = 
                          [PHOTO_TEMPLATE], train=pool)
     train, test = (coop_dataset(dataset, profile.data_dir, split) for split in ("train", "test"))
     return Benchmark(dataset, test, test.classnames, [COOP_HAND_PROMPTS[dataset]], train=train)
+
+
+def load_images(dataset, idx: Sequence[int]) -> torch.Tensor:
+    """Items ``idx`` of an image dataset as one uint8 batch (N, 3, H, W)."""
+    if hasattr(dataset, "images"):
+        return dataset.images(np.asarray(idx))
+    return torch.stack([dataset[int(i)][0] for i in idx])
+
+
+def _concat_files(parts: Sequence[ImageFileDataset], key: str) -> ImageFileDataset:
+    return ImageFileDataset([p for d in parts for p in d.paths], np.concatenate([d.labels for d in parts]),
+                            parts[0].classnames, key, parts[0].size)
+
+
+def clap_benchmark(profile, n_val: int = 1000, shots_pool: int = 16) -> Benchmark:
+    """Chapter 8's task: every domain (``groups``), a held-out *source* split (``val``: photos) for
+    choosing CLAP's inference weight, and a pool of labelled images for few-shot probes (``train``).
+
+    mini: the world's test images, photos from another stream, and ``shots_pool`` images per
+    class and domain. paper: PACS; a fifth of its photos (seeded) is the source split and
+    leaves the test set; the few-shot pool is the test set itself, as in CLAP's code.
+    """
+    from . import world as W
+    from .zeroshot import PHOTO_TEMPLATE
+
+    if profile.name == "mini":
+        world, n = W.World(profile.seed), len(W.CLASSNAMES)
+        test = world.zero_shot_test(profile.n_test_per_domain)
+        val = world.domain_split("photo", n_val, stream="clap-val")
+        pool = world.dataset("clap-fewshot", shots_pool * n * len(W.DOMAINS), domain=W.Cycle(W.DOMAINS),
+                             shape=W.Cycle(range(n), every=len(W.DOMAINS)))
+        return Benchmark("mini world: five styles", test, list(W.CLASSNAMES), [PHOTO_TEMPLATE],
+                         test.factors.named("domain"), train=pool, val=val)
+    domains = {d: pacs(profile.data_dir, d) for d in PACS_DOMAINS}
+    photo = domains["photo"]
+    held = np.random.default_rng(profile.seed).permutation(len(photo))[:len(photo) // 5]
+    keep = np.setdiff1d(np.arange(len(photo)), held)
+    val = ImageFileDataset([photo.paths[i] for i in held], photo.labels[held], photo.classnames,
+                           f"PACS-photo-val-s{profile.seed}", photo.size)
+    domains["photo"] = ImageFileDataset([photo.paths[i] for i in keep], photo.labels[keep], photo.classnames,
+                                        f"PACS-photo-test-s{profile.seed}", photo.size)
+    test = _concat_files(list(domains.values()), f"PACS-test-s{profile.seed}")
+    groups = [d for d, ds in domains.items() for _ in range(len(ds))]
+    return Benchmark("PACS", test, test.classnames, [PHOTO_TEMPLATE], groups, train=test, val=val)
 
 
 @dataclass

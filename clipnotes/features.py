@@ -21,7 +21,7 @@ FEATURES_VERSION = "1"
 
 @dataclass
 class FeatureSet:
-    """L2-normalised image features (N, D) with their labels (N,)."""
+    """Image features (N, D), L2-normalised unless asked otherwise, with their labels (N,)."""
 
     features: torch.Tensor
     labels: torch.Tensor
@@ -58,12 +58,16 @@ _MEMORY: dict[str, FeatureSet] = {}
 
 @torch.no_grad()
 def encode_dataset(bundle: ClipBundle, dataset, cache_dir: str | os.PathLike | None = None,
-                   batch_size: int = 512, num_workers: int = 0, autocast=None, desc: str | None = None) -> FeatureSet:
+                   batch_size: int = 512, num_workers: int = 0, autocast=None, desc: str | None = None,
+                   normalize: bool = True) -> FeatureSet:
     """Features of every image of ``dataset`` under ``bundle``'s image encoder (cached).
 
     ``autocast`` is a context-manager factory (e.g. ``profile.autocast``): bf16 on a GPU.
+    ``normalize=False`` keeps the encoder's raw output (CLAP's network reads it).
     """
     key = f"features-v{FEATURES_VERSION}|{code_fingerprint()}|{bundle.key}|{bundle.preprocess}|{dataset_key(dataset)}"
+    if not normalize:
+        key += "|raw"
     if key in _MEMORY:
         return _MEMORY[key]
     path = cache_path(cache_dir, key) if cache_dir is not None else None
@@ -81,7 +85,7 @@ def encode_dataset(bundle: ClipBundle, dataset, cache_dir: str | os.PathLike | N
     bar = progress(total=len(dataset), desc=desc or "encoding images", unit="img", leave=False)
     for images, y in iter_batches(dataset, batch_size, num_workers):
         with (autocast() if autocast else torch.autocast("cpu", enabled=False)):
-            f = bundle.encode_images(images)
+            f = bundle.encode_images(images, normalize=normalize)
         feats.append(f.float().cpu())
         labels.append(y.cpu())
         bar.update(len(y))

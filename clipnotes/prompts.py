@@ -28,8 +28,8 @@ COOP_EPOCHS: dict[int, int] = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
 COOP_VARIANTS: dict[str, dict] = {"CoOp": dict(init="a photo of a"), "CoOp, class-specific": dict(n_ctx=4, csc=True)}
 
 
-def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text`` from token embeddings (N, L, W) instead of token ids; unit-norm output.
+def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """``model.encode_text`` from token embeddings (N, L, W) instead of token ids (unit norm if ``normalize``).
 
     ``tokens`` (N, L) are only used to find the end-of-text position, as open_clip does.
     """
@@ -41,7 +41,7 @@ def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tenso
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
-    return F.normalize(x, dim=-1)
+    return F.normalize(x, dim=-1) if normalize else x
 
 
 def _word_ids(tokenizer, text: str) -> list[int]:

@@ -1,13 +1,21 @@
 import random
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clipnotes.attacks import cw_margin, fgsm, pgd, robust_accuracy
+from clipnotes import clap
 from clipnotes.clap import (Augment, PromptGrid, ResMLP, augment, encode_with_noise, nt_xent, prompt_robustness,
                             render_prompt)
 from clipnotes.models import create_mini
+from clipnotes.utils import ClipnotesError
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return create_mini("shipped")
 
 
 def test_resmlp_is_the_identity_at_initialisation():
@@ -31,27 +39,125 @@ def test_nt_xent_matches_a_direct_computation():
 
 
 def test_prompt_rendering_and_augmentations():
-    attrs = ("painting", "small", "orange", "on a star pattern")
-    assert render_prompt("star", attrs) == "a painting of a small orange star on a star pattern"
-    assert render_prompt("star", attrs, frozenset({"size", "colour"})) == "a painting of a star on a star pattern"
-    assert render_prompt("star", attrs, swap=True) == "a small orange star on a star pattern in painting style"
-    assert render_prompt("arrow", ("", "", "", ""), frozenset({"type"})) == "an arrow"
+    clap_attrs = ("painting", "large", "red", "realistic")               # CLAP's grid: style before type
+    assert render_prompt("dog", clap_attrs) == "a realistic painting of a large red dog"
+    assert render_prompt("dog", clap_attrs, swap=True) == "a large red dog in realistic painting style"
+    assert render_prompt("dog", clap_attrs, frozenset({"size", "colour", "style"})) == "a painting of a dog"
+    assert render_prompt("dog", clap_attrs, frozenset({"type"})) == "a realistic large red dog"
+    attrs = ("painting", "small", "orange", "on a dotted background")    # the mini grid: style after the object
+    kw = dict(style_before_type=False)
+    assert render_prompt("star", attrs, **kw) == "a painting of a small orange star on a dotted background"
+    assert render_prompt("star", attrs, frozenset({"size", "colour"}), **kw) == "a painting of a star on a dotted background"
+    assert render_prompt("star", attrs, swap=True, **kw) == "a small orange star on a dotted background in painting style"
+    assert render_prompt("arrow", attrs, frozenset({"type", "size", "colour", "style"}), **kw) == "an arrow"
     rng = random.Random(0)
-    outs = {augment("star", attrs, Augment(), rng) for _ in range(200)}
-    assert all("star" in o for o in outs) and len(outs) > 4          # content kept, style varied
-    grid = PromptGrid(("sketch",), ("small", ""), ("red",), ("",))
-    assert len(grid.prompts("star")) == 2
+    outs = {augment("star", attrs, Augment(type=0.5, style=0.5), rng, False) for _ in range(300)}
+    assert all("star" in o for o in outs) and "a star" in outs and len(outs) > 10      # content kept, style varied
+    assert len(PromptGrid(("sketch",), ("small", ""), ("red",), ("",))) == 2
+    assert len(clap.CLAP_GRID) == 480                                    # CLAP's prompts per class
 
 
-def test_noise_tokens_encoding():
-    bundle = create_mini("shipped")
+def test_mini_grid_uses_the_world_vocabulary_and_never_names_a_class():
+    from clipnotes import world as W
+    grid = clap.mini_grid()
+    vocab = set(W.vocabulary())
+    words = {w for part in (grid.types, grid.sizes, grid.colours, grid.styles) for p in part for w in p.split()}
+    assert words <= vocab
+    class_words = set(W.CLASSNAMES) | {w for opts in W.SHAPE_WORDS.values() for w, _ in opts}
+    assert not any(class_words & set(s.split()) for s in grid.types + grid.styles)
+    assert "on a striped background" in grid.styles and "" in grid.styles
+
+
+def test_noise_tokens_encoding(mini):
     texts = ["star", "a photo of a heart"]
     with torch.no_grad():
-        plain = bundle.encode_texts(texts)
-        assert torch.allclose(encode_with_noise(bundle, texts, 0, 0.02), plain)
-        noisy = encode_with_noise(bundle, texts, 4, 0.02, torch.Generator().manual_seed(0))
-    assert noisy.shape == plain.shape and not torch.allclose(noisy, plain)
-    assert torch.allclose(noisy.norm(dim=-1), torch.ones(2), atol=1e-5)
+        plain = mini.encode_texts(texts)
+        assert torch.allclose(encode_with_noise(mini, texts, 0, 0.02), plain)
+        outs = {pos: encode_with_noise(mini, texts, 4, 0.02, torch.Generator().manual_seed(0), pos)
+                for pos in clap.NOISE_POSITIONS}
+        raw = encode_with_noise(mini, texts, 4, 0.02, torch.Generator().manual_seed(0), normalize=False)
+    for noisy in outs.values():
+        assert noisy.shape == plain.shape and not torch.allclose(noisy, plain)
+        assert torch.allclose(noisy.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(outs["front"], outs["end"]) and not torch.allclose(outs["front"], outs["middle"])
+    assert torch.allclose(F.normalize(raw, dim=-1), outs["front"], atol=1e-5) and raw.norm(dim=-1).min() > 2
+    with pytest.raises(ClipnotesError, match="noise position"):
+        encode_with_noise(mini, texts, 4, position="back")
+
+
+def test_front_noise_is_a_splice_after_the_start_token(mini):
+    """Inline: "X X X X star" with the X rows replaced by the noise is the same text feature."""
+    from clipnotes.prompts import encode_token_embeddings
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(4, mini.model.token_embedding.weight.shape[1], generator=torch.Generator().manual_seed(1)) * 0.02
+    tokens = mini.tokenizer(["X X X X star"])
+    with torch.no_grad():
+        emb = mini.model.token_embedding(tokens)
+        emb[0, 1:5] = noise
+        expected = encode_token_embeddings(mini.model, emb, tokens)
+        got = encode_with_noise(mini, ["star"], 4, 0.02, g)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_train_clap_moves_the_network_and_adapt_restores_alpha(mini):
+    grid = PromptGrid(("photo", "sketch"), ("small",), ("red", "blue"), ("",), style_before_type=False)
+    cfg = clap.ClapConfig(steps=20, batch_size=4, latent=16, seed=0)
+    net, log = clap.train_clap(mini, ["star", "heart", "circle"], grid, cfg, Augment(type=0.5), quiet=True)
+    assert net.fc2.weight.abs().sum() > 0 and list(log.columns) == ["step", "loss"] and log.step.iloc[-1] == 20
+    x = torch.randn(3, 128) * 10
+    out = clap.adapt(net, x, 0.25)
+    assert net.alpha == 1.0 and torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(clap.adapt(None, x, 0.25), F.normalize(x, dim=-1))
+    with pytest.raises(ClipnotesError, match="empty"):
+        clap.train_clap(mini, [], grid, cfg, quiet=True)
+
+
+def _clusters(n_per=20, classes=4, dim=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g) * 5
+    labels = torch.arange(classes).repeat_interleave(n_per)
+    return centres[labels] + torch.randn(len(labels), dim, generator=g) * 0.5, labels, centres
+
+
+def test_format_accuracy_and_choose_alpha():
+    feats, labels, centres = _clusters()
+    texts = {"C": centres, "PC": centres + 0.1, "CP": -centres, "NC": torch.stack([centres, -centres])}
+    groups = np.array(["a", "b"] * (len(labels) // 2))
+    table = clap.format_accuracy(feats, labels, groups, texts)
+    assert list(table.index) == ["a", "b"] and list(table.columns) == ["C", "PC", "CP", "NC"]
+    assert table["C"].min() == 1.0 and table["CP"].max() == 0.0 and table["NC"].mean() == pytest.approx(0.5)
+    identity = ResMLP(12, 8)                                  # W2 = 0: every α is free, the largest wins
+    alpha, scan = clap.choose_alpha(identity, feats, labels, texts, alphas=(0.1, 1.0))
+    assert alpha == 1.0 and list(scan.index) == [0.0, 0.1, 1.0]
+
+
+    class Collapse(ResMLP):                                   # at α = 1 every feature is the same point
+        def forward(self, x):
+            return (1 - self.alpha) * x + self.alpha * torch.ones_like(x)
+
+    alpha, _ = clap.choose_alpha(Collapse(12, 8), feats, labels, texts, alphas=(1.0,), budget=0.0)
+    assert alpha == 0.0
+
+
+def test_factor_readouts_and_few_shot_probes():
+    feats, labels, _ = _clusters(n_per=30)
+    noise = np.random.default_rng(0).integers(0, 4, len(labels))
+    probe = clap.probe_factors(feats, {"class": labels.numpy(), "noise": noise})
+    knn = clap.knn_factors(feats, {"class": labels.numpy(), "noise": noise})
+    assert probe["class"] > 0.95 and knn["class"] > 0.95
+    assert probe["noise"] < 0.5 and knn["noise"] < 0.5                    # a factor the features do not hold
+    groups = np.array(["a", "b"] * (len(labels) // 2))
+    table = clap.few_shot_probes(feats, labels, groups, feats, labels, groups, {"raw": (None, 0.0)}, shots=(1, 2))
+    assert len(table) == 2 * 2 and table.accuracy.min() > 0.9
+
+
+def test_zero_shot_classifier_for_attacks(mini):
+    x = torch.rand(2, 3, 64, 64)
+    text = mini.encode_texts(["star", "heart"], normalize=False)
+    with torch.no_grad():
+        plain = clap.zero_shot_classifier(mini, text)(x)
+        through_identity = clap.zero_shot_classifier(mini, text, ResMLP(text.shape[1], 8), 0.5)(x)
+    assert plain.shape == (2, 2) and torch.allclose(plain, through_identity, atol=1e-5)
 
 
 def test_prompt_robustness_metrics():

@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
@@ -131,3 +132,15 @@ def test_pacs_folder_loader(tmp_path):
     (tmp_path / "PACS" / "sketch" / "dog" / "0.jpg").write_bytes(b"not an image")
     with pytest.raises(ClipnotesError, match="cannot read image"):
         ds[0]
+
+
+def test_clap_benchmark_mini_holds_out_source_photos_and_a_balanced_pool():
+    from clipnotes import world as W
+    bench = D.clap_benchmark(get_profile("mini", seed=1), n_val=50, shots_pool=2)
+    assert set(bench.val.factors.named("domain")) == {"photo"} and len(bench.val) == 50
+    assert bench.val.split.name != bench.dataset.split.name                 # another stream than the test set
+    pool = pd.crosstab(np.asarray(bench.train.factors.named("domain")), bench.train.labels)
+    assert pool.shape == (len(W.DOMAINS), len(W.CLASSNAMES)) and (pool.values == 2).all()
+    assert len(bench.groups) == len(bench.dataset)
+    images = D.load_images(bench.val, [0, 3])
+    assert images.dtype == torch.uint8 and images.shape[0] == 2

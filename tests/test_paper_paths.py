@@ -94,3 +94,29 @@ def test_coop_chapter_path(paper, monkeypatch):
     assert set(curves.method) == {"hand prompt", "linear probe", "CoOp"}
     b2n = prompts.base_to_new(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=1, draws=1)
     assert b2n[["base", "new", "H"]].notna().all().all()
+
+
+def test_clap_chapter_path(paper):
+    """Chapter 8 in `paper`: PACS from its folders, a fifth of the photos held out, ViT-B/16, CLAP end to end."""
+    from clipnotes import clap
+    from clipnotes.attacks import robust_accuracy
+    D.write_fake_pacs(paper.data_dir, per_class=5)
+    bench = D.clap_benchmark(paper)
+    assert bench.classnames == ["dog", "elephant", "guitar"] and len(bench.val) == 3
+    assert len(bench.dataset) == 4 * 15 - 3 and len(bench.groups) == len(bench.dataset)
+    assert not set(bench.val.paths) & set(bench.dataset.paths)
+    torch.manual_seed(0)
+    vit_b16 = create_paper("ViT-B-16-quickgelu", pretrained=None)
+    test = encode_dataset(vit_b16, bench.dataset, paper.cache_dir, batch_size=8, normalize=False)
+    source = encode_dataset(vit_b16, bench.val, paper.cache_dir, batch_size=8, normalize=False)
+    assert test.features.norm(dim=-1).std() > 0                           # raw, not unit-norm
+    grid, aug, cfg = clap.clap_recipe(paper)
+    assert grid is clap.CLAP_GRID and aug == clap.Augment() and (cfg.batch_size, cfg.latent) == (8, 256)
+    net, _ = clap.train_clap(vit_b16, bench.classnames, grid, clap.ClapConfig(steps=2, batch_size=4), aug, quiet=True)
+    texts = clap.format_text_features(vit_b16, bench.classnames, noise_draws=2)
+    alpha, _ = clap.choose_alpha(net, source.features, source.labels, texts, alphas=(0.1,))
+    table = clap.format_accuracy(test.features, test.labels, bench.groups, texts, net, alpha)
+    assert list(table.index) == list(D.PACS_DOMAINS) and table.notna().all().all()
+    images = D.load_images(bench.dataset, [0, 1]).float() / 255
+    classify = clap.zero_shot_classifier(vit_b16, texts["C"], net, alpha)
+    assert 0.0 <= robust_accuracy(classify, images, torch.as_tensor(bench.dataset.labels[:2]), "fgsm") <= 1.0
