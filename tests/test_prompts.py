@@ -25,6 +25,21 @@ def test_context_initialised_from_words_equals_the_real_prompt(make):
     assert torch.allclose(learned, _real_prompt_features(bundle, "a photo of a {}."), atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [lambda: create_mini("shipped"),
+                                  lambda: create_paper("ViT-B-16-quickgelu", pretrained=None)],
+                         ids=["mini", "ViT-B-16 random"])
+def test_encoding_from_embeddings_cuts_the_padding_and_changes_nothing(make):
+    from clipnotes.prompts import encode_token_embeddings
+    bundle = make()
+    texts = ["star", "a photo of a small red star on a striped background", "a heart"]   # different lengths
+    tokens = bundle.tokenizer(texts)
+    with torch.no_grad():
+        ours = encode_token_embeddings(bundle.model, bundle.model.token_embedding(tokens), tokens, normalize=False)
+        real = bundle.model.encode_text(tokens)
+    assert tokens.shape[1] > int(tokens.argmax(-1).max()) + 1               # there is padding to cut
+    assert torch.allclose(ours, real, atol=1e-4, rtol=1e-4)
+
+
 def test_class_positions_splice_the_name_where_asked():
     bundle = create_mini("shipped")
     for position, template in (("front", "{} a photo of a."), ("middle", "a photo {} of a.")):
