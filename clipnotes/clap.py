@@ -26,7 +26,7 @@ from torch import nn
 from .models import ClipBundle
 from .prompts import encode_token_embeddings
 from .utils import ClipnotesError, progress
-from .zeroshot import check_classnames, fit_linear_probe
+from .zeroshot import accuracy_by_group, check_classnames, fit_linear_probe
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -130,10 +130,11 @@ class ResMLP(nn.Module):
         self.fc1 = nn.Linear(dim, latent)
         self.fc2 = nn.Linear(latent, dim, bias=False)
         nn.init.zeros_(self.fc2.weight)
-        self.alpha = 1.0                               # 1 in training; the inference weight at test time
+        self.alpha = 1.0                               # the default weight: 1 in training
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.alpha * self.fc2(self.fc1(F.silu(x)))
+    def forward(self, x: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
+        """``alpha``: the inference weight of the residual (default ``self.alpha``)."""
+        return x + (self.alpha if alpha is None else alpha) * self.fc2(self.fc1(F.silu(x)))
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
@@ -249,13 +250,8 @@ def adapt(net: ResMLP | None, features: torch.Tensor, alpha: float) -> torch.Ten
     """Raw CLIP features → the network at inference weight α → unit norm (``net=None``: CLIP alone)."""
     if net is None:
         return F.normalize(features.float(), dim=-1)
-    net.alpha = alpha
-    try:
-        with torch.no_grad():
-            out = net(features.float().to(next(net.parameters()).device))
-    finally:
-        net.alpha = 1.0
-    return F.normalize(out, dim=-1)
+    with torch.no_grad():
+        return F.normalize(net(features.float().to(next(net.parameters()).device), alpha), dim=-1)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -283,12 +279,11 @@ def format_accuracy(image_features: torch.Tensor, labels: torch.Tensor, groups: 
     NC is averaged over its noise draws, as CLAP redraws the noise for every test batch.
     """
     img = adapt(net, image_features, alpha).cpu()
-    groups, labels = np.asarray(groups), torch.as_tensor(labels)
     table = {}
     for name, feats in texts.items():
         heads = feats if feats.dim() == 3 else feats[None]
-        hits = torch.stack([(img @ adapt(net, h, alpha).cpu().T).argmax(1) == labels for h in heads]).float().mean(0)
-        table[name] = {g: float(hits[torch.as_tensor(groups == g)].mean()) for g in dict.fromkeys(groups)}
+        per_draw = [accuracy_by_group(img @ adapt(net, h, alpha).cpu().T, labels, groups) for h in heads]
+        table[name] = pd.DataFrame(per_draw).mean().to_dict()
     return pd.DataFrame(table)
 
 
@@ -354,13 +349,7 @@ def zero_shot_classifier(bundle: ClipBundle, text_features: torch.Tensor, net: R
 
     def classify(x: torch.Tensor) -> torch.Tensor:
         raw = bundle.encode_images(x, normalize=False).float()
-        if net is None:
-            return F.normalize(raw, dim=-1) @ head.T
-        net.alpha = alpha
-        try:
-            return F.normalize(net(raw), dim=-1) @ head.T
-        finally:
-            net.alpha = 1.0
+        return F.normalize(raw if net is None else net(raw, alpha), dim=-1) @ head.T
 
     return classify
 

@@ -379,6 +379,10 @@ def load_images(dataset, idx: Sequence[int]) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in idx])
 
 
+def _take(ds: ImageFileDataset, idx: np.ndarray, key: str) -> ImageFileDataset:
+    return ImageFileDataset([ds.paths[i] for i in idx], ds.labels[idx], ds.classnames, key, ds.size)
+
+
 def _concat_files(parts: Sequence[ImageFileDataset], key: str) -> ImageFileDataset:
     return ImageFileDataset([p for d in parts for p in d.paths], np.concatenate([d.labels for d in parts]),
                             parts[0].classnames, key, parts[0].size)
@@ -407,10 +411,8 @@ def clap_benchmark(profile, n_val: int = 1000, shots_pool: int = 16) -> Benchmar
     photo = domains["photo"]
     held = np.random.default_rng(profile.seed).permutation(len(photo))[:len(photo) // 5]
     keep = np.setdiff1d(np.arange(len(photo)), held)
-    val = ImageFileDataset([photo.paths[i] for i in held], photo.labels[held], photo.classnames,
-                           f"PACS-photo-val-s{profile.seed}", photo.size)
-    domains["photo"] = ImageFileDataset([photo.paths[i] for i in keep], photo.labels[keep], photo.classnames,
-                                        f"PACS-photo-test-s{profile.seed}", photo.size)
+    val = _take(photo, held, f"PACS-photo-val-s{profile.seed}")
+    domains["photo"] = _take(photo, keep, f"PACS-photo-test-s{profile.seed}")
     test = _concat_files(list(domains.values()), f"PACS-test-s{profile.seed}")
     groups = [d for d, ds in domains.items() for _ in range(len(ds))]
     return Benchmark("PACS", test, test.classnames, [PHOTO_TEMPLATE], groups, train=test, val=val)

@@ -132,8 +132,9 @@ def test_format_accuracy_and_choose_alpha():
 
 
     class Collapse(ResMLP):                                   # at α = 1 every feature is the same point
-        def forward(self, x):
-            return (1 - self.alpha) * x + self.alpha * torch.ones_like(x)
+        def forward(self, x, alpha=None):
+            a = self.alpha if alpha is None else alpha
+            return (1 - a) * x + a * torch.ones_like(x)
 
     alpha, _ = clap.choose_alpha(Collapse(12, 8), feats, labels, texts, alphas=(1.0,), budget=0.0)
     assert alpha == 0.0
