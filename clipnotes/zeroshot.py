@@ -80,6 +80,44 @@ def head_by_hand(bundle: ClipBundle, classnames: Sequence[str], templates: Seque
     return torch.stack(cols, 1)                                                 # (D, C)
 
 
+def template_heads(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str]) -> dict[str, torch.Tensor]:
+    """One single-template head per template (what ensembles and template selection combine)."""
+    return {t: zero_shot_head(bundle, classnames, [t]) for t in templates}
+
+
+def ensemble_of_heads(heads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Average unit-column heads and renormalise: the embedding-space ensemble of their templates."""
+    heads = list(heads)
+    if not heads:
+        raise ClipnotesError("no heads to ensemble; pass at least one")
+    return torch.nn.functional.normalize(sum(heads), dim=0)
+
+
+def probability_ensemble(features: torch.Tensor, heads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The other ensemble: average the softmax predictions of one classifier per template, (N, C)."""
+    return torch.stack([logits(features, h).softmax(1) for h in heads]).mean(0)
+
+
+def forward_selection(heads: Mapping[str, torch.Tensor], features: torch.Tensor, labels: torch.Tensor,
+                      val: torch.Tensor) -> list[dict[str, object]]:
+    """Greedy forward selection of templates (the CLIP notebook's way to its 7 ImageNet templates).
+
+    Start empty; repeatedly add the template whose ensemble scores best on the ``val`` rows;
+    returns one row per step with the validation and held-out (``~val``) accuracy.
+    """
+    def score(templates, rows):
+        return accuracy(logits(features[rows], ensemble_of_heads([heads[t] for t in templates])), labels[rows])
+
+    chosen: list[str] = []
+    history = []
+    while len(chosen) < len(heads):
+        best = max((t for t in heads if t not in chosen), key=lambda t: score(chosen + [t], val))
+        chosen.append(best)
+        history.append({"n": len(chosen), "template": best, "validation": score(chosen, val),
+                        "test": score(chosen, ~val)})
+    return history
+
+
 def logits(features: torch.Tensor, head: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Scaled cosine similarities, (N, C); ``features`` must be L2-normalised."""
     return scale * features.float() @ head.to(features.device).float()

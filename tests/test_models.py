@@ -125,3 +125,25 @@ def test_zero_shot_head_rejects_empty_inputs():
         zero_shot_head(b, [], ["a photo of a {}."])
     with pytest.raises(ClipnotesError, match="template list is empty"):
         zero_shot_head(b, ["star"], [])
+
+
+def test_template_ensembles_and_forward_selection():
+    from clipnotes.zeroshot import ensemble_of_heads, forward_selection, probability_ensemble, template_heads
+    bundle = create_mini("shipped")
+    names, templates = ["star", "heart", "moon"], ["a photo of a {}.", "a sketch of a {}.", "{}"]
+    single = template_heads(bundle, names, templates)
+    assert torch.allclose(ensemble_of_heads(single.values()), zero_shot_head(bundle, names, templates), atol=1e-5)
+    # synthetic features: class k sits on the good template's column k; the other templates are noise
+    torch.manual_seed(0)
+    good = torch.nn.functional.normalize(torch.randn(16, 3), dim=0)
+    heads = {"good": good, **{f"noise{i}": torch.nn.functional.normalize(torch.randn(16, 3), dim=0) for i in range(3)}}
+    labels = torch.arange(3).repeat(20)
+    feats = torch.nn.functional.normalize(good.T[labels] + 0.05 * torch.randn(60, 16), dim=1)
+    val = torch.arange(60) % 2 == 0
+    history = forward_selection(heads, feats, labels, val)
+    assert [h["n"] for h in history] == [1, 2, 3, 4] and history[0]["template"] == "good"
+    assert history[0]["validation"] == 1.0 and history[0]["test"] == 1.0
+    probs = probability_ensemble(feats, list(heads.values()))
+    assert torch.allclose(probs.sum(1), torch.ones(60)) and probs.shape == (60, 3)
+    with pytest.raises(ClipnotesError, match="at least one"):
+        ensemble_of_heads([])

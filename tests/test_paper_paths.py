@@ -48,6 +48,16 @@ def test_zero_shot_chapter_path(paper, vit_b32):
     assert 0.0 <= accuracy(logits(feats.features, head), feats.labels) <= 1.0
 
 
+def test_prompt_engineering_chapter_path(paper, vit_b32):
+    from clipnotes.zeroshot import forward_selection, probability_ensemble, template_heads
+    bench = D.zero_shot_benchmarks(paper)[0]
+    feats = encode_dataset(vit_b32, bench.dataset, paper.cache_dir, batch_size=2)
+    single = template_heads(vit_b32, bench.classnames, bench.pool[:3])
+    history = forward_selection(single, feats.features, feats.labels, torch.arange(4) % 2 == 0)
+    assert sorted(h["template"] for h in history) == sorted(bench.pool[:3])
+    assert probability_ensemble(feats.features, list(single.values())).shape == (4, 10)
+
+
 def test_wise_chapter_path(paper, vit_b32):
     bench = D.finetune_benchmark(paper)
     cfg = recipe(paper, "ce", steps=1, batch_size=2, warmup=1, threads=1)
