@@ -111,9 +111,10 @@ def forward_selection(heads: Mapping[str, torch.Tensor], features: torch.Tensor,
     chosen: list[str] = []
     history = []
     while len(chosen) < len(heads):
-        best = max((t for t in heads if t not in chosen), key=lambda t: score(chosen + [t], val))
+        val_scores = {t: score(chosen + [t], val) for t in heads if t not in chosen}
+        best = max(val_scores, key=val_scores.get)
         chosen.append(best)
-        history.append({"n": len(chosen), "template": best, "validation": score(chosen, val),
+        history.append({"n": len(chosen), "template": best, "validation": val_scores[best],
                         "test": score(chosen, ~val)})
     return history
 
