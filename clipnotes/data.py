@@ -426,7 +426,13 @@ class FinetuneBenchmark:
     train: torch.utils.data.Dataset
     eval_sets: dict[str, torch.utils.data.Dataset]     # "ID" first, then every OOD set
     classnames: list[str]
-    templates: list[str]
+    templates: list[str]                               # the heads' templates
+    caption_templates: list[str] | None = None         # FLYP's captions, where some templates misname the training images
+
+    @property
+    def captions(self) -> list[str]:
+        """The templates FLYP writes its training captions with."""
+        return self.caption_templates or self.templates
 
     @property
     def ood_names(self) -> list[str]:
@@ -437,12 +443,13 @@ def finetune_benchmark(profile, n_train: int = 4000, n_eval: int = 1000) -> Fine
     """mini: photos where colour predicts class (90 %) → the colour shift and four other styles.
     paper: CIFAR-10 → CIFAR-10.1 and CIFAR-10.2 (``n_train``/``n_eval`` apply to mini only)."""
     from . import world as W
-    from .zeroshot import CIFAR_TEMPLATES, MINI_TEMPLATES
+    from .zeroshot import CIFAR_TEMPLATES, MINI_PHOTO_TEMPLATES, MINI_TEMPLATES
 
     if profile.name == "mini":
         task = W.World(profile.seed).finetune_task(n_train=n_train, n_eval=n_eval)
         return FinetuneBenchmark(f"mini world: {task.domain}s, colour-class correlation {task.spurious:.0%}",
-                                 task.train, task.eval_sets(), list(W.CLASSNAMES), list(MINI_TEMPLATES))
+                                 task.train, task.eval_sets(), list(W.CLASSNAMES), list(MINI_TEMPLATES),
+                                 list(MINI_PHOTO_TEMPLATES))
     root = profile.data_dir
     train = cifar("cifar10", root, train=True, download=profile.download)
     evals = {"ID": cifar("cifar10", root, train=False, download=profile.download),

@@ -249,8 +249,12 @@ def frozen_features(model: nn.Module, dataset, preprocess: Callable, autocast: C
 
 def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Sequence[str], cfg: FinetuneConfig,
              run_dir: str | Path | None = None, save_every: int = 50, stop_after: int | None = None,
-             autocast: Callable | None = None, quiet: bool = False) -> FinetuneRun | None:
+             autocast: Callable | None = None, quiet: bool = False,
+             captions: Sequence[str] | None = None) -> FinetuneRun | None:
     """Fine-tune from ``bundle``'s zero-shot classifier on ``train`` (items ``(uint8 image, label)``).
+
+    ``templates`` build the heads; FLYP writes its training captions with ``captions``
+    (default: ``templates``), which should be true of the training images.
 
     With ``run_dir`` the run is resumable and its result is reused: a finished run is loaded,
     not retrained. ``stop_after`` stops after that many steps of this call (returns None).
@@ -267,9 +271,9 @@ def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Se
         frozen_feats = frozen_features(start, train, bundle.preprocess, autocast)
         ctx = context_directions(bundle, classnames, templates, cfg.carft_context, cfg.seed)
         ctx_scale = bundle.model.logit_scale.exp().item()
-    caption_tokens = None
+    caption_tokens, captions = None, list(captions or templates)
     if cfg.loss == "flyp":     # every (class, template) caption, tokenised once: row c · T + t
-        caption_tokens = bundle.tokenizer([t.format(c) for c in classnames for t in templates]).to(device)
+        caption_tokens = bundle.tokenizer([t.format(c) for c in classnames for t in captions]).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     labels_all = np.asarray(train.labels if hasattr(train, "labels") else [train[i][1] for i in range(len(train))])
@@ -292,8 +296,8 @@ def finetune(bundle: ClipBundle, train, classnames: Sequence[str], templates: Se
             g["lr"] = lr_at(step, cfg)
         with ac():
             if cfg.loss == "flyp":
-                pick = np.random.default_rng([cfg.seed, step, 1]).integers(len(templates), size=len(idx))
-                rows = torch.from_numpy(labels_all[idx] * len(templates) + pick).to(device)
+                pick = np.random.default_rng([cfg.seed, step, 1]).integers(len(captions), size=len(idx))
+                rows = torch.from_numpy(labels_all[idx] * len(captions) + pick).to(device)
                 img = F.normalize(model.clip.encode_image(x), dim=-1)
                 txt = F.normalize(model.clip.encode_text(caption_tokens[rows]), dim=-1)
                 loss = flyp_loss(img, txt, model.clip.logit_scale.exp(), y if cfg.flyp_mask_same_class else None)
@@ -357,11 +361,14 @@ def train_linear_head(features: torch.Tensor, labels: torch.Tensor, head: torch.
     return lin.eval()
 
 
-def run_key(bundle: ClipBundle, train, classnames, templates, cfg: FinetuneConfig) -> str:
-    """A cache key for a run: the start weights, the data, the names, the templates and the config."""
+def run_key(bundle: ClipBundle, train, classnames, templates, cfg: FinetuneConfig,
+            captions: Sequence[str] | None = None) -> str:
+    """A cache key for a run: the start weights, the data, the names, the templates, FLYP's
+    captions and the config."""
     cfg_d = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "threads"}
-    return stable_hash(bundle.key, getattr(train, "cache_key", None), list(classnames), list(templates), cfg_d,
-                       code_fingerprint(), code_fingerprint("finetune.py"))
+    captions = list(captions or templates) if cfg.loss == "flyp" else None
+    return stable_hash(bundle.key, getattr(train, "cache_key", None), list(classnames), list(templates), captions,
+                       cfg_d, code_fingerprint(), code_fingerprint("finetune.py"))
 
 
 def run_finetune(profile, bundle: ClipBundle, bench, cfg: FinetuneConfig, quiet: bool = False) -> FinetuneRun:
@@ -370,8 +377,9 @@ def run_finetune(profile, bundle: ClipBundle, bench, cfg: FinetuneConfig, quiet:
     Chapters 5–7 share their runs this way: a run with the same start model, data, names,
     templates, config and code is trained once and loaded afterwards.
     """
-    key = run_key(bundle, bench.train, bench.classnames, bench.templates, cfg)
-    return finetune(bundle, bench.train, bench.classnames, bench.templates, cfg,
+    captions = getattr(bench, "captions", None)          # FLYP's captions, where they differ from the templates
+    key = run_key(bundle, bench.train, bench.classnames, bench.templates, cfg, captions)
+    return finetune(bundle, bench.train, bench.classnames, bench.templates, cfg, captions=captions,
                     run_dir=Path(profile.cache_dir) / "finetune" / key, autocast=profile.autocast, quiet=quiet)
 
 

@@ -9,12 +9,19 @@ Factors of an item
 
 Design choices that later chapters rely on (see chapter 0):
 
-* **Captions read like alt-text.** Stylised images usually name their style
-  ("a pencil sketch of ..."), photos rarely do; colour, size and background words
-  appear with some probability; a bare class word almost never is a caption.
-* **Captions read like alt-text**: at least three words, often starting "a photo of",
-  which photographs are usually called and drawings sometimes; so "a photo of a {}." is
-  familiar wording and a bare class word is not.
+* **Captions read like alt-text**: usually three words or more, often starting "a photo of",
+  which photographs are usually called; stylised images usually name their style
+  ("a pencil sketch of ..."); colour, size and background words appear with some
+  probability. So "a photo of a {}." is familiar wording.
+* **A lone word is a tag, and three tags have two senses.** A few captions are one word,
+  the object's (``OBJECT_TAG_P``); but stock sites also tag a wallpaper of small stars
+  with the bare word "star" (``PATTERN_TAG_P``). So "star", "heart" and "cross" alone name
+  an object *or* a background pattern (CLIP's "crane" and "boxer"), and "a photo of a
+  star." says which sense is meant.
+* **A frame carries a class-dependent style prior.** "a photo of", "a picture of" and
+  "an image of" also label sketches, cartoons and sprites without naming the style, and
+  each class uses a different frame for each style (``loose_frame``): one template
+  favours some classes on every style, an ensemble over frames does not (chapter 3).
 * **Dataset class names are not always caption words.** The dataset calls the crescent
   "crescent", captions mostly say "moon" (like ImageNet's "tiger cat"); "diamond"
   names the rhombus *and* tilted squares, as "crane" names a bird and a machine.
@@ -35,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-WORLD_VERSION = "2"
+WORLD_VERSION = "5"
 IMAGE_SIZE = 64
 
 # ----------------------------------------------------------------------------- factors
@@ -106,6 +113,11 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "diam
                                  "star", "heart", "cross")
 #: Wallpapers of small class shapes: the class word then also names a background pattern.
 WALLPAPERS: tuple[str, ...] = ("star", "heart", "cross")
+#: One-word captions are tags: the object's word (``OBJECT_TAG_P``, any image), or for a
+#: wallpaper image the pattern's word (``PATTERN_TAG_P``, "star" for small stars). A lone
+#: "star" then means the pattern more often than the object.
+OBJECT_TAG_P = 0.02
+PATTERN_TAG_P = 0.1
 BACKGROUND_PHRASES: dict[str, tuple[str, ...]] = {
     "plain": ("on a plain background", "on a white background"),
     "striped": ("on a striped background", "on stripes"),
@@ -136,6 +148,15 @@ FRAME_PROBS: dict[str, tuple[float, float, float]] = {
     "photo": (0.45, 0.10, 0.05),
     **{d: (0.05, 0.12, 0.10) for d in ("sketch", "cartoon", "painting", "pixel")},
 }
+#: Alt-text often calls a drawing "a picture of …" without saying it is a drawing, and how
+#: depends on where a class's pictures come from. A sketch, cartoon or pixel-art image is
+#: captioned with a frame and no style word with probability ``UNSAID_P`` (any frame) plus
+#: ``LOOSE_FRAME_P`` (its class's own frame for that style, ``loose_frame``). Each class uses
+#: a different frame for each of the three styles, so one template carries a
+#: class-dependent style prior, and an ensemble over the frames averages it away (chapter 3).
+LOOSE_STYLES: tuple[str, ...] = ("sketch", "cartoon", "pixel")
+UNSAID_P = 0.1
+LOOSE_FRAME_P = 0.15
 COLOUR_VISIBLE = {"photo": True, "sketch": False, "cartoon": True, "painting": True, "pixel": True}
 
 BG_BASE_RGB = np.array([
@@ -603,6 +624,11 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def loose_frame(shape: int, domain: str) -> str:
+    """The frame that class ``shape``'s alt-text uses for ``domain`` images without naming the style."""
+    return FRAMES[(LOOSE_STYLES.index(domain) - shape) % len(FRAMES)]
+
+
 def caption_one(f: Factors, i: int) -> str:
     """The caption of item ``i`` of ``f`` (a pure function of its factors and caption seed)."""
     rng = random.Random(int(f.caption_seed[i]))
@@ -619,8 +645,18 @@ def caption_one(f: Factors, i: int) -> str:
     phrase = " ".join(adjs + [noun])
     obj = f"{_article(phrase)} {phrase}"
     bg = BACKGROUNDS[f.background[i]]
+    if bg in WALLPAPERS and rng.random() < PATTERN_TAG_P:      # stock-site tags: the pattern's word alone ...
+        return bg
+    if rng.random() < OBJECT_TAG_P:                             # ... or the object's
+        return noun
     if rng.random() < (0.4 if bg != "plain" else 0.15):
         obj += " " + rng.choice(BACKGROUND_PHRASES[bg])
+    if dom in LOOSE_STYLES:                         # a frame, the style unsaid
+        u = rng.random()
+        if u < LOOSE_FRAME_P:
+            return f"{loose_frame(int(f.shape[i]), dom)} {obj}"
+        if u < LOOSE_FRAME_P + UNSAID_P:
+            return f"{rng.choice(FRAMES)} {obj}"
     u, frame = rng.random(), ""
     for fr, p in zip(FRAMES, FRAME_PROBS[dom]):
         if u < p:
@@ -628,7 +664,7 @@ def caption_one(f: Factors, i: int) -> str:
             break
         u -= p
     if rng.random() >= DOMAIN_MENTION[dom] or (frame and dom == "photo"):
-        if not frame and obj.count(" ") < 2:        # alt-text is never one or two words
+        if not frame and obj.count(" ") < 2:        # an object caption is never one or two words
             obj += " shape"
         return frame + obj
     dword = rng.choice(DOMAIN_WORDS[dom])

@@ -26,15 +26,23 @@ MINI_DOMAIN_TEMPLATES: dict[str, str] = {
     "pixel": "a pixel art of a {}.",
 }
 
-#: The mini world's prompt pool: the ways its captions describe an image (cf. CLIP's 80 ImageNet templates).
+#: The mini world's prompt pool: the ways its captions describe an image (cf. CLIP's 80 ImageNet
+#: templates): its three frames, nine style words, and two sizes and ten colours spread evenly
+#: over the frames.
+_MINI_FRAMES = ("a photo of", "a picture of", "an image of")
+_MINI_ATTRIBUTES = ("small", "large", "red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink",
+                    "brown", "gray")
+_MINI_NON_PHOTO = ("sketch", "drawing", "cartoon", "illustration", "painting", "watercolor", "pixel art", "sprite")
 MINI_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.", "a picture of a {}.", "an image of a {}.",
-    "a photograph of a {}.", "a sketch of a {}.", "a drawing of a {}.", "a cartoon of a {}.",
-    "an illustration of a {}.", "a painting of a {}.", "a watercolor of a {}.", "a pixel art of a {}.",
-    "a sprite of a {}.", "a photo of a small {}.", "a photo of a large {}.",
-    *(f"a photo of a {c} {{}}." for c in ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink",
-                                            "brown", "gray")),
+    *(f"{frame} a {{}}." for frame in _MINI_FRAMES),
+    "a photograph of a {}.",
+    *(f"{'an' if w[0] in 'aeiou' else 'a'} {w} of a {{}}." for w in _MINI_NON_PHOTO),
+    *(f"{_MINI_FRAMES[i % 3]} {'an' if a[0] in 'aeiou' else 'a'} {a} {{}}." for i, a in enumerate(_MINI_ATTRIBUTES)),
 )
+#: The pool less the eight templates that call the image something other than a photo: the
+#: ones that do not misname a photograph's kind (FLYP's captions for a training set of photos).
+MINI_PHOTO_TEMPLATES: tuple[str, ...] = tuple(t for t in MINI_TEMPLATES
+                                              if not any(f" {w} of " in t for w in _MINI_NON_PHOTO))
 
 #: openai/CLIP data/prompts.md: the 18 CIFAR-10/100 templates, in that file's order.
 CIFAR_TEMPLATES: tuple[str, ...] = tuple(

@@ -82,12 +82,14 @@ def test_finetune_benchmark_paper_reads_cifar10_and_its_shifts(tmp_path, no_md5,
     bench = D.finetune_benchmark(get_profile("paper", check=False))
     assert list(bench.eval_sets) == ["ID", "CIFAR-10.1", "CIFAR-10.2"] and bench.ood_names == ["CIFAR-10.1", "CIFAR-10.2"]
     assert len(bench.train) == 10 and len(bench.eval_sets["CIFAR-10.2"]) == 4 and len(bench.templates) == 18
+    assert bench.captions == bench.templates            # every CIFAR template says "photo": all are FLYP captions
 
 
 def test_finetune_benchmark_mini_has_id_and_five_ood_sets():
     bench = D.finetune_benchmark(get_profile("mini"), n_train=50, n_eval=20)
     assert bench.eval_sets["ID"] is not None and len(bench.ood_names) == 5
     assert len(bench.train) == 50 and all(len(d) == 20 for d in bench.eval_sets.values())
+    assert set(bench.captions) < set(bench.templates)   # photos are not captioned "a sketch of a …"
 
 
 def test_coop_split_loader_reads_coops_format(tmp_path):

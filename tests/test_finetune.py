@@ -82,6 +82,29 @@ def test_interrupted_finetuning_resumes_to_the_same_weights(bundle, train, tmp_p
     assert all(torch.equal(w0[k], v) for k, v in resumed.start.state_dict().items())
 
 
+def test_flyp_writes_its_captions_with_caption_templates_and_keeps_the_heads_templates(bundle, train):
+    from clipnotes.finetune import run_key
+    cfg = FinetuneConfig(loss="flyp", steps=2, batch_size=8, warmup=1, lr=1e-4, threads=1)
+    default = finetune(bundle, train, NAMES, TEMPLATES, cfg, quiet=True)
+    same = finetune(bundle, train, NAMES, TEMPLATES, cfg, quiet=True, captions=TEMPLATES)
+    photo = finetune(bundle, train, NAMES, TEMPLATES, cfg, quiet=True, captions=TEMPLATES[:1])
+    sd, ss, sp = default.end.state_dict(), same.end.state_dict(), photo.end.state_dict()
+    assert all(torch.equal(sd[k], ss[k]) for k in sd)                  # captions default to the templates
+    assert any(not torch.equal(sd[k], sp[k]) for k in sd)              # other captions, another run ...
+    assert photo.end.templates == TEMPLATES                            # ... whose head still uses every template
+    key = lambda loss, captions: run_key(bundle, train, NAMES, TEMPLATES, FinetuneConfig(loss=loss), captions)
+    assert key("flyp", TEMPLATES[:1]) != key("flyp", None) == key("flyp", TEMPLATES)
+    assert key("ce", TEMPLATES[:1]) == key("ce", None)                 # cross-entropy writes no captions
+
+
+def test_mini_photo_templates_never_call_a_photo_something_else():
+    from clipnotes.zeroshot import MINI_PHOTO_TEMPLATES, MINI_TEMPLATES
+    styles = ("sketch", "drawing", "cartoon", "illustration", "painting", "watercolor", "pixel", "sprite")
+    assert set(MINI_PHOTO_TEMPLATES) < set(MINI_TEMPLATES)
+    assert all(not any(w in t for w in styles) for t in MINI_PHOTO_TEMPLATES)
+    assert len(MINI_TEMPLATES) - len(MINI_PHOTO_TEMPLATES) == len(styles)
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ClipnotesError, match="unknown fine-tuning loss"):
         FinetuneConfig(loss="mse")
