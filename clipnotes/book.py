@@ -27,9 +27,10 @@ def setup(profile: str | None = None, seed: int | None = None, download: bool | 
     return prof
 
 
-def elapsed_minutes() -> float:
-    """Minutes since :func:`setup` (chapters report their own run time)."""
-    return (time.time() - (_STARTED or time.time())) / 60
+def run_time() -> str:
+    """The time since :func:`setup` in words, "40 seconds" or "3.5 minutes" (chapters report their own)."""
+    seconds = time.time() - (_STARTED or time.time())
+    return f"{seconds:.0f} seconds" if seconds < 90 else f"{seconds / 60:.1f} minutes"
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:

@@ -37,7 +37,7 @@ def test_chapter_contract(path):
     assert any("assert " in c and "all claims hold" in c for c in code), "an assertion cell"
     assert "Exercises" in text and "Solution" in text, "exercises with solutions"
     assert "Paper vs ours" in text or "paper vs ours" in text.lower(), "the paper-vs-ours box"
-    assert "runtime_minutes" in code[-1], "the last cell records the run time"
+    assert 'glue("runtime", book.run_time())' in code[-1], "the last cell records the run time"
 
 
 def test_every_chapter_is_in_the_table_of_contents():
