@@ -25,7 +25,7 @@ from torch import nn
 
 from .models import ClipBundle
 from .prompts import encode_token_embeddings
-from .utils import ClipnotesError, progress
+from .utils import ClipnotesError, article, progress
 from .zeroshot import accuracy_by_group, check_classnames, fit_linear_probe
 
 
@@ -77,10 +77,6 @@ def mini_grid() -> PromptGrid:
     return PromptGrid(types, W.SIZES, W.COLOURS, styles, style_before_type=False)
 
 
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
-
-
 def render_prompt(classname: str, attrs: tuple[str, str, str, str], drop: frozenset[str] = frozenset(),
                   swap: bool = False, style_before_type: bool = True) -> str:
     """Write a grid prompt with the attributes in ``drop`` ("size", "colour", "type", "style")
@@ -92,11 +88,11 @@ def render_prompt(classname: str, attrs: tuple[str, str, str, str], drop: frozen
     if not img_type and lead:                      # no image type left: the style describes the object
         size, lead = f"{lead} {size}".strip(), ""
     phrase = " ".join(w for w in (size, colour, classname) if w)
-    obj = " ".join(w for w in (f"{_article(phrase)} {phrase}", trail) if w)
+    obj = " ".join(w for w in (f"{article(phrase)} {phrase}", trail) if w)
     if not img_type:
         return obj
     kind = " ".join(w for w in (lead, img_type) if w)
-    return f"{obj} in {kind} style" if swap else f"{_article(kind)} {kind} of {obj}"
+    return f"{obj} in {kind} style" if swap else f"{article(kind)} {kind} of {obj}"
 
 
 @dataclass(frozen=True)

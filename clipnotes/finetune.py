@@ -33,7 +33,7 @@ from torch import nn
 
 from .features import iter_batches
 from .models import ClipBundle
-from .utils import ClipnotesError, code_fingerprint, load_torch, progress, save_json, save_torch, stable_hash
+from .utils import ClipnotesError, article, code_fingerprint, load_torch, progress, save_json, save_torch, stable_hash
 from .wise import ALPHAS, wise_sweep
 from .zeroshot import zero_shot_head
 
@@ -158,7 +158,7 @@ def domain_contexts(domain_words: Mapping[str, Sequence[str]]) -> tuple[list[str
     templates, domains = [], []
     for domain, words in domain_words.items():
         for w in words:
-            templates.append(f"{'an' if w[0] in 'aeiou' else 'a'} {w} of a {{}}.")
+            templates.append(f"{article(w)} {w} of a {{}}.")
             domains.append(domain)
     return templates, domains
 

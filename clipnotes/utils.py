@@ -19,6 +19,11 @@ class ClipnotesError(RuntimeError):
     """A user-facing error whose message says what to do. The CLI prints it on one line."""
 
 
+def article(word: str) -> str:
+    """The indefinite article before ``word`` ("an" before a vowel letter)."""
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator seeded the same way."""
     random.seed(seed)

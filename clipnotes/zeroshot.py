@@ -13,7 +13,7 @@ import open_clip
 import torch
 
 from .models import ClipBundle
-from .utils import ClipnotesError
+from .utils import ClipnotesError, article
 
 #: The CLIP paper's default prompt.
 PHOTO_TEMPLATE = "a photo of a {}."
@@ -36,8 +36,8 @@ _MINI_NON_PHOTO = ("sketch", "drawing", "cartoon", "illustration", "painting", "
 MINI_TEMPLATES: tuple[str, ...] = (
     *(f"{frame} a {{}}." for frame in _MINI_FRAMES),
     "a photograph of a {}.",
-    *(f"{'an' if w[0] in 'aeiou' else 'a'} {w} of a {{}}." for w in _MINI_NON_PHOTO),
-    *(f"{_MINI_FRAMES[i % 3]} {'an' if a[0] in 'aeiou' else 'a'} {a} {{}}." for i, a in enumerate(_MINI_ATTRIBUTES)),
+    *(f"{article(w)} {w} of a {{}}." for w in _MINI_NON_PHOTO),
+    *(f"{_MINI_FRAMES[i % len(_MINI_FRAMES)]} {article(a)} {a} {{}}." for i, a in enumerate(_MINI_ATTRIBUTES)),
 )
 #: The pool less the eight templates that call the image something other than a photo: the
 #: ones that do not misname a photograph's kind (FLYP's captions for a training set of photos).

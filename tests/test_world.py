@@ -115,7 +115,6 @@ def test_vocabulary_asset_matches_the_world():
     assert mini_vocabulary() == W.vocabulary()
 
 
-
 def test_each_class_uses_a_different_frame_for_each_unsaid_style():
     for c in range(len(W.CLASSNAMES)):
         frames = [W.loose_frame(c, d) for d in W.LOOSE_STYLES]
@@ -150,11 +149,6 @@ def test_frames_without_a_style_word_carry_a_class_dependent_style_prior():
         assert own / n_own > 3 * other / n_other, (d, own, other)     # designed: 0.183 vs 0.033 per frame
     # photographs and paintings are never captioned with a frame but no style word by this rule
     assert W.LOOSE_STYLES == ("sketch", "cartoon", "pixel")
-
-
-def test_vocabulary_asset_matches_the_world():
-    from clipnotes.models import mini_vocabulary
-    assert mini_vocabulary() == W.vocabulary()
 
 
 def test_the_wallpaper_words_alone_have_two_senses():
