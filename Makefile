@@ -38,7 +38,7 @@ env: $(STAMP)
 # so the book never shows outputs of older code.
 cache-guard: $(STAMP)
 	@mkdir -p _build
-	@fp=$$(cat clipnotes/*.py clipnotes/assets/*.* clipnotes/assets/model_configs/* | sha256sum | cut -c1-16); \
+	@fp=$$(find clipnotes -name "*.py" -o -path "clipnotes/assets/*" -type f | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16); \
 	if [ "$$(cat $(FINGERPRINT) 2>/dev/null)" != "$$fp" ]; then \
 	  echo "==> clipnotes changed: clearing the notebook execution cache"; \
 	  rm -rf _build/.jupyter_cache; echo $$fp > $(FINGERPRINT); fi

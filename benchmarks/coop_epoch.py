@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from clipnotes.coop import PromptLearner
 from clipnotes.models import create_mini, create_paper
-from clipnotes.prompts import PromptLearner
 
 
 def _sync(device: str) -> None:

@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.datasets.cifar as tv_cifar
 
-from clipnotes.data import cifar, write_fake_cifar
-from clipnotes.finetune import FinetuneConfig, finetune, zero_shot_classifier
+from clipnotes.classifiers import zero_shot_classifier
+from clipnotes.data import cifar
+from clipnotes.fakes import write_fake_cifar
+from clipnotes.finetune import FinetuneConfig, finetune
 from clipnotes.models import create_paper
-from clipnotes.zeroshot import CIFAR_TEMPLATES
+from clipnotes.templates import CIFAR_TEMPLATES
 
 
 def _sync(device: str) -> None:

@@ -23,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import ClipBundle
-from .prompts import encode_token_embeddings
-from .utils import ClipnotesError, article, progress
-from .zeroshot import accuracy_by_group, check_classnames, fit_linear_probe
+from .evaluate import accuracy_by_group, fit_linear_probe
+from .models import ClipBundle, encode_token_embeddings
+from .profiles import Profile
+from .tasks import few_shot_indices
+from .utils import ClipnotesError, article, no_autocast, progress
+from .world import WorldDataset
+from .zeroshot import check_classnames
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -126,11 +129,10 @@ class ResMLP(nn.Module):
         self.fc1 = nn.Linear(dim, latent)
         self.fc2 = nn.Linear(latent, dim, bias=False)
         nn.init.zeros_(self.fc2.weight)
-        self.alpha = 1.0                               # the default weight: 1 in training
 
-    def forward(self, x: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
-        """``alpha``: the inference weight of the residual (default ``self.alpha``)."""
-        return x + (self.alpha if alpha is None else alpha) * self.fc2(self.fc1(F.silu(x)))
+    def forward(self, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """``alpha``: the inference weight of the residual (1 in training)."""
+        return x + alpha * self.fc2(self.fc1(F.silu(x)))
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
@@ -191,7 +193,7 @@ class ClapConfig:
     seed: int = 0
 
 
-def clap_recipe(profile) -> tuple[PromptGrid, Augment, ClapConfig]:
+def clap_recipe(profile: Profile) -> tuple[PromptGrid, Augment, ClapConfig]:
     """Grid, augmentations and optimisation of a profile.
 
     paper: CLAP's PACS configuration. mini: the world's own attribute words, and all four
@@ -206,17 +208,16 @@ def clap_recipe(profile) -> tuple[PromptGrid, Augment, ClapConfig]:
 
 def train_clap(bundle: ClipBundle, classnames: Sequence[str], grid: PromptGrid, cfg: ClapConfig = ClapConfig(),
                aug: Augment = Augment(), quiet: bool = False, autocast=None) -> tuple[ResMLP, pd.DataFrame]:
-    """Train the disentangling network on text alone (CLIP frozen). Returns it and its loss log
-    (the mean loss of every 100 steps)."""
+    """Train the disentangling network on text alone (chapter 8). CLIP only encodes, under
+    ``no_grad``, so it stays as it was. Returns the network and its loss log (the mean loss of
+    every 100 steps)."""
     classnames = check_classnames(classnames)
     torch.manual_seed(cfg.seed)
     rng, gen = random.Random(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    for p in bundle.model.parameters():
-        p.requires_grad_(False)
     net = ResMLP(bundle.model.text_projection.shape[1], cfg.latent).to(bundle.device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     combos, sbt = grid.combos(), grid.style_before_type
-    amp = autocast or (lambda: torch.autocast("cpu", enabled=False))
+    amp = autocast or no_autocast
     with torch.no_grad(), amp():
         class_feats = bundle.encode_texts(classnames, normalize=False).float()
     log, window = [], []
@@ -354,9 +355,8 @@ def known_factors(dataset, idx: np.ndarray, groups: Sequence[str]) -> dict[str, 
     """The factors of items ``idx`` that a probe can try to read: class and domain, and in the
     mini world also colour, size and background."""
     out = {"class": np.asarray(dataset.labels)[idx], "domain": np.unique(np.asarray(groups), return_inverse=True)[1][idx]}
-    f = getattr(dataset, "factors", None)
-    if f is not None:
-        out.update({k: np.asarray(getattr(f, k))[idx] for k in ("colour", "size", "background")})
+    if isinstance(dataset, WorldDataset):
+        out.update({k: np.asarray(getattr(dataset.factors, k))[idx] for k in ("colour", "size", "background")})
     return out
 
 
@@ -366,8 +366,6 @@ def few_shot_probes(pool: torch.Tensor, pool_labels: torch.Tensor, pool_groups: 
                     seed: int = 0) -> pd.DataFrame:
     """Per group (domain) and shot count: a linear probe on K labelled pool images per class of
     that group, tested on the group's test images, for each feature view (name → (net, α))."""
-    from .data import few_shot_indices
-
     pool_groups, test_groups = np.asarray(pool_groups), np.asarray(test_groups)
     rows = []
     for g in dict.fromkeys(test_groups):

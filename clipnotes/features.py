@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import torch
 
+from .data import ImageDataset
 from .models import ClipBundle
-from .utils import ClipnotesError, code_fingerprint, load_torch, progress, save_torch, stable_hash
+from .utils import ClipnotesError, code_fingerprint, load_torch, no_autocast, progress, save_torch, stable_hash
 
 FEATURES_VERSION = "1"
 
@@ -31,24 +32,6 @@ class FeatureSet:
         return len(self.labels)
 
 
-def iter_batches(dataset, batch_size: int, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(uint8 images, labels)`` batches: world datasets render whole batches at once."""
-    if hasattr(dataset, "batches"):
-        yield from dataset.batches(batch_size)
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         pin_memory=torch.cuda.is_available())
-    for images, labels in loader:
-        yield images, torch.as_tensor(labels)
-
-
-def dataset_key(dataset) -> str:
-    key = getattr(dataset, "cache_key", None)
-    if key is None:
-        raise ClipnotesError(f"{type(dataset).__name__} has no cache_key; give it one to cache its features")
-    return key
-
-
 def cache_path(cache_dir: str | os.PathLike, key: str) -> Path:
     return Path(cache_dir) / "features" / f"{stable_hash(key)}.pt"
 
@@ -57,15 +40,18 @@ _MEMORY: dict[str, FeatureSet] = {}
 
 
 @torch.no_grad()
-def encode_dataset(bundle: ClipBundle, dataset, cache_dir: str | os.PathLike | None = None,
-                   batch_size: int = 512, num_workers: int = 0, autocast=None, desc: str | None = None,
+def encode_dataset(bundle: ClipBundle, dataset: ImageDataset, cache_dir: str | os.PathLike | None = None,
+                   batch_size: int = 512, autocast: Callable | None = None, desc: str | None = None,
                    normalize: bool = True) -> FeatureSet:
     """Features of every image of ``dataset`` under ``bundle``'s image encoder (cached).
 
     ``autocast`` is a context-manager factory (e.g. ``profile.autocast``): bf16 on a GPU.
     ``normalize=False`` keeps the encoder's raw output (CLAP's network reads it).
     """
-    key = f"features-v{FEATURES_VERSION}|{code_fingerprint()}|{bundle.key}|{bundle.preprocess}|{dataset_key(dataset)}"
+    if not isinstance(dataset, ImageDataset):
+        raise ClipnotesError(f"{type(dataset).__name__} is not a clipnotes dataset (labels, classnames, cache_key, "
+                             "images, batches); wrap it in clipnotes.data.ArrayDataset to cache its features")
+    key = f"features-v{FEATURES_VERSION}|{code_fingerprint()}|{bundle.key}|{bundle.preprocess}|{dataset.cache_key}"
     if not normalize:
         key += "|raw"
     if key in _MEMORY:
@@ -83,8 +69,8 @@ def encode_dataset(bundle: ClipBundle, dataset, cache_dir: str | os.PathLike | N
     bundle.model.eval()
     feats, labels = [], []
     bar = progress(total=len(dataset), desc=desc or "encoding images", unit="img", leave=False)
-    for images, y in iter_batches(dataset, batch_size, num_workers):
-        with (autocast() if autocast else torch.autocast("cpu", enabled=False)):
+    for images, y in dataset.batches(batch_size):
+        with (autocast or no_autocast)():
             f = bundle.encode_images(images, normalize=normalize)
         feats.append(f.float().cpu())
         labels.append(y.cpu())

@@ -214,3 +214,27 @@ def load_model(profile: Profile, frozen: bool = False) -> ClipBundle:
         return create_mini("shipped", profile.device)
     name = profile.frozen_model if frozen else profile.model
     return create_paper(name, profile.pretrained, profile.device, profile.cache_dir, profile.download)
+
+
+# ----------------------------------------------------------------------------- text tower
+def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """``model.encode_text`` from token embeddings (N, L, W) instead of token ids (unit norm if ``normalize``).
+
+    ``tokens`` (N, L) are only used to find the end-of-text position, as open_clip does. In a
+    causal text tower nothing after the last end token reaches the pooled output, so those
+    positions are cut off first: CLIP pads every prompt to 77 tokens, and short prompts then
+    cost a fraction of that (the output is the same).
+    """
+    from open_clip.transformer import text_global_pool
+
+    cast = model.transformer.get_cast_dtype()
+    mask, length = model.attn_mask, embeddings.shape[1]
+    if mask is not None and model.text_pool_type == "argmax":
+        length = int(tokens.argmax(dim=-1).max()) + 1
+        mask = mask[:length, :length]
+    x = embeddings[:, :length].to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens[:, :length], model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return F.normalize(x, dim=-1) if normalize else x

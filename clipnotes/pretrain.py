@@ -22,9 +22,12 @@ import torch
 
 from . import world as W
 from .models import MINI_MODEL, create_mini, mini_tokenizer
+from .evaluate import accuracy_by_group, logits
+from .optim import param_groups, set_lr, warmup_cosine
+from .templates import PHOTO_TEMPLATE
 from .utils import (code_fingerprint, load_torch, progress, save_json, save_torch, seed_everything, sha256_file,
                     stable_hash)
-from .zeroshot import PHOTO_TEMPLATE, accuracy_by_group, logits, zero_shot_head
+from .zeroshot import zero_shot_head
 
 
 @dataclass(frozen=True)
@@ -45,26 +48,14 @@ class PretrainConfig:
     @property
     def key(self) -> str:
         cfg = dict(dataclasses.asdict(self), model=open_clip.get_model_config(MINI_MODEL), world=W.WORLD_VERSION,
-                   code=code_fingerprint("world.py", "pretrain.py", "tokenizer.py"))
+                   world_fingerprint=W.fingerprint(), code=code_fingerprint("pretrain.py", "tokenizer.py"))
         cfg.pop("eval_every"), cfg.pop("threads")
         return stable_hash(cfg)
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup to ``cfg.lr``, then cosine decay to zero."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """open_clip's split: no weight decay on gains, biases, and the temperature."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        excluded = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
-        (no_decay if excluded else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    """The learning rate of pretraining step ``step``: warm-up, then cosine."""
+    return warmup_cosine(step, cfg.steps, cfg.warmup, cfg.lr)
 
 
 class HeldOut:
@@ -122,8 +113,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, out: str | Path | None = 
         f = W.sample_factors(key, idx, natural=True)
         images = bundle.preprocess(W.render(f))
         texts = tok(W.captions(f))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+        set_lr(opt, lr_at(step, cfg))
         img_f, txt_f, scale = model(images, texts)
         loss = loss_fn(img_f, txt_f, scale)
         opt.zero_grad(set_to_none=True)

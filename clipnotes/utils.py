@@ -1,4 +1,4 @@
-"""Small shared helpers: errors, atomic files, hashing, seeding, progress bars."""
+"""Small shared helpers: errors, atomic files, hashing, seeding, freezing, progress bars."""
 from __future__ import annotations
 
 import contextlib
@@ -103,17 +103,37 @@ def stable_hash(*parts: Any, n: int = 16) -> str:
 
 
 def code_fingerprint(*modules: str) -> str:
-    """A digest of clipnotes source files (default: those that determine data and features).
+    """A digest of clipnotes source files, for cache keys (paths relative to the package).
 
-    Part of every cache key, so that a change to the world or the models never reuses an
-    old cached result.
+    The default covers what turns a dataset into features: the mini world's *behaviour*
+    (:func:`clipnotes.world.fingerprint`, not its source), the models, the tokenizer, the
+    feature cache and the `paper` loaders. A change to any of them never reuses an old result.
     """
+    from .world import fingerprint
+
     here = Path(__file__).parent
-    names = modules or ("world.py", "models.py", "features.py", "data.py", "tokenizer.py")
-    h = hashlib.sha256()
+    names = modules or ("models.py", "features.py", "data.py", "tokenizer.py")
+    h = hashlib.sha256(fingerprint().encode() if not modules else b"")
     for name in names:
         h.update((here / name).read_bytes())
     return h.hexdigest()[:12]
+
+
+def no_autocast() -> contextlib.AbstractContextManager:
+    """The autocast factory of a CPU run (``profile.autocast`` on a GPU): full precision."""
+    return torch.autocast("cpu", enabled=False)
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Turn off gradients for ``model``'s own weights, and restore its flags afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
 
 
 def progress(iterable: Iterable | None = None, **kwargs):

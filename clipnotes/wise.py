@@ -1,13 +1,19 @@
-"""Weight-space ensembling (WiSE-FT): θ(α) = (1 − α)·θ₀ + α·θ₁, key by key."""
+"""Weight-space ensembling, WiSE-FT (chapter 5): θ(α) = (1 − α)·θ₀ + α·θ₁, key by key,
+swept over α and read at matched ID accuracy (chapters 6–7 compare their curves)."""
 from __future__ import annotations
 
 import copy
-from typing import Mapping
+import json
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .utils import ClipnotesError
+from .utils import ClipnotesError, progress, save_json
+
+if TYPE_CHECKING:
+    from .evaluate import EvalSets
+    from .finetune import FinetuneRun
 
 
 def interpolate_state_dicts(theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.Tensor],
@@ -47,7 +53,6 @@ COARSE_ALPHAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 def wise_sweep(model0: nn.Module, model1: nn.Module, evaluate, alphas=ALPHAS, progress_bar: bool = True) -> list[dict]:
     """``evaluate(θ(α))`` for every α: a list of ``{"alpha": α, **scores}`` rows."""
-    from .utils import progress
 
     rows = []
     for a in progress(alphas, desc="WiSE sweep", disable=not progress_bar or None):
@@ -69,3 +74,21 @@ def ood_at_id(sweep, id_value: float, tol: float = 0.0, id_col: str = "ID", ood_
         if min(x0, x1) < t <= max(x0, x1):                 # the segment crosses ID = t
             reach.append(y0 + (t - x0) * (y1 - y0) / (x1 - x0))
     return max(reach) if reach else float("nan")
+
+
+def sweep_run(run: "FinetuneRun", evals: "EvalSets", alphas: Sequence[float] = ALPHAS,
+              autocast: Callable | None = None) -> list[dict]:
+    """The WiSE α sweep of a run on ``evals`` (rows ``{"alpha": α, set: accuracy, …}``).
+
+    Every evaluated α is cached beside the run, so chapters sharing a run evaluate each
+    mixture once; a later sweep over other α evaluates only the new ones.
+    """
+    path = run.run_dir / f"sweep-{evals.key}.json" if run.run_dir is not None and evals.key else None
+    done = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    todo = [float(a) for a in alphas if f"{float(a):.4f}" not in done]
+    if todo:
+        for row in wise_sweep(run.start, run.end, lambda m: evals.accuracy(m, autocast), todo):
+            done[f"{row['alpha']:.4f}"] = row
+        if path is not None:
+            save_json(done, path)
+    return [done[f"{float(a):.4f}"] for a in alphas]

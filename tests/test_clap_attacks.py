@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from clipnotes.attacks import cw_margin, fgsm, pgd, robust_accuracy
-from clipnotes import clap
-from clipnotes.clap import (Augment, PromptGrid, ResMLP, augment, encode_with_noise, nt_xent, prompt_robustness,
-                            render_prompt)
+from clipnotes.clap import (Augment, PromptGrid, ResMLP, augment, encode_with_noise, nt_xent,
+                            prompt_robustness, render_prompt)
 from clipnotes.models import create_mini
 from clipnotes.utils import ClipnotesError
+from clipnotes import clap
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_noise_tokens_encoding(mini):
 
 def test_front_noise_is_a_splice_after_the_start_token(mini):
     """Inline: "X X X X star" with the X rows replaced by the noise is the same text feature."""
-    from clipnotes.prompts import encode_token_embeddings
+    from clipnotes.models import encode_token_embeddings
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(4, mini.model.token_embedding.weight.shape[1], generator=torch.Generator().manual_seed(1)) * 0.02
     tokens = mini.tokenizer(["X X X X star"])
@@ -106,7 +106,12 @@ def test_train_clap_moves_the_network_and_adapt_restores_alpha(mini):
     assert net.fc2.weight.abs().sum() > 0 and list(log.columns) == ["step", "loss"] and log.step.iloc[-1] == 20
     x = torch.randn(3, 128) * 10
     out = clap.adapt(net, x, 0.25)
-    assert net.alpha == 1.0 and torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    # α scales the learned residual: α = 0 is CLIP itself, α = 0.25 lies between CLIP and α = 1
+    assert torch.allclose(clap.adapt(net, x, 0.0), F.normalize(x, dim=-1), atol=1e-6)
+    with torch.no_grad():
+        r = net(x, 1.0) - x
+        assert r.abs().max() > 1e-3 and torch.allclose(net(x, 0.25), x + 0.25 * r, atol=1e-5)
     assert torch.allclose(clap.adapt(None, x, 0.25), F.normalize(x, dim=-1))
     with pytest.raises(ClipnotesError, match="empty"):
         clap.train_clap(mini, [], grid, cfg, quiet=True)
@@ -132,9 +137,8 @@ def test_format_accuracy_and_choose_alpha():
 
 
     class Collapse(ResMLP):                                   # at α = 1 every feature is the same point
-        def forward(self, x, alpha=None):
-            a = self.alpha if alpha is None else alpha
-            return (1 - a) * x + a * torch.ones_like(x)
+        def forward(self, x, alpha=1.0):
+            return (1 - alpha) * x + alpha * torch.ones_like(x)
 
     alpha, _ = clap.choose_alpha(Collapse(12, 8), feats, labels, texts, alphas=(1.0,), budget=0.0)
     assert alpha == 0.0

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
 
-from clipnotes import data as D
+from clipnotes import data as D, fakes, tasks
 from clipnotes.profiles import get_profile
 from clipnotes.utils import ClipnotesError
 
@@ -20,7 +20,7 @@ def no_md5(monkeypatch):
 
 @pytest.mark.parametrize("name,n_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_fake_cifar_loads_through_torchvision(tmp_path, no_md5, name, n_classes):
-    D.write_fake_cifar(tmp_path, name, n_train=25, n_test=7)
+    fakes.write_fake_cifar(tmp_path, name, n_train=25, n_test=7)
     test = D.cifar(name, tmp_path, train=False)
     train = D.cifar(name, tmp_path, train=True)
     assert len(test) == 7 and len(train) == 25
@@ -40,16 +40,16 @@ def test_missing_cifar_says_what_to_do(tmp_path):
 
 def test_paper_benchmarks_use_cifar_with_templates(tmp_path, no_md5, monkeypatch):
     for name in ("cifar10", "cifar100"):
-        D.write_fake_cifar(tmp_path, name, n_train=10, n_test=5)
+        fakes.write_fake_cifar(tmp_path, name, n_train=10, n_test=5)
     monkeypatch.setenv("CLIPNOTES_DATA", str(tmp_path))
-    benches = D.zero_shot_benchmarks(get_profile("paper", check=False))
+    benches = tasks.zero_shot_benchmarks(get_profile("paper", check=False))
     assert [b.name for b in benches] == ["CIFAR-10", "CIFAR-100"]
     assert len(benches[0].templates) == 18 and all("{}" in t for t in benches[0].templates)
     assert len(benches[1].classnames) == 100 and len(benches[0].train) == 10
 
 
 def test_cifar10_shifts_load_from_their_npy_files(tmp_path):
-    D.write_fake_cifar10_shifts(tmp_path, n=9)
+    fakes.write_fake_cifar10_shifts(tmp_path, n=9)
     for name in ("cifar10.1", "CIFAR-10.2"):
         ds = D.cifar10_shift(name, tmp_path)
         assert len(ds) == 9 and ds.classnames == D.CIFAR10_CLASSNAMES
@@ -69,45 +69,46 @@ def test_cifar10_shift_errors_are_one_line(tmp_path):
 
 def test_few_shot_indices_are_balanced_and_seeded():
     labels = np.repeat(np.arange(4), 10)
-    a = D.few_shot_indices(labels, 3, seed=1)
+    a = tasks.few_shot_indices(labels, 3, seed=1)
     assert np.bincount(labels[a]).tolist() == [3, 3, 3, 3]
-    assert np.array_equal(a, D.few_shot_indices(labels, 3, seed=1))
-    assert not np.array_equal(a, D.few_shot_indices(labels, 3, seed=2))
+    assert np.array_equal(a, tasks.few_shot_indices(labels, 3, seed=1))
+    assert not np.array_equal(a, tasks.few_shot_indices(labels, 3, seed=2))
 
 
 def test_finetune_benchmark_paper_reads_cifar10_and_its_shifts(tmp_path, no_md5, monkeypatch):
-    D.write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=6)
-    D.write_fake_cifar10_shifts(tmp_path, n=4)
+    fakes.write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=6)
+    fakes.write_fake_cifar10_shifts(tmp_path, n=4)
     monkeypatch.setenv("CLIPNOTES_DATA", str(tmp_path))
-    bench = D.finetune_benchmark(get_profile("paper", check=False))
+    bench = tasks.finetune_benchmark(get_profile("paper", check=False))
     assert list(bench.eval_sets) == ["ID", "CIFAR-10.1", "CIFAR-10.2"] and bench.ood_names == ["CIFAR-10.1", "CIFAR-10.2"]
     assert len(bench.train) == 10 and len(bench.eval_sets["CIFAR-10.2"]) == 4 and len(bench.templates) == 18
     assert bench.captions == bench.templates            # every CIFAR template says "photo": all are FLYP captions
 
 
 def test_finetune_benchmark_mini_has_id_and_five_ood_sets():
-    bench = D.finetune_benchmark(get_profile("mini"), n_train=50, n_eval=20)
+    bench = tasks.finetune_benchmark(get_profile("mini"), n_train=50, n_eval=20)
     assert bench.eval_sets["ID"] is not None and len(bench.ood_names) == 5
     assert len(bench.train) == 50 and all(len(d) == 20 for d in bench.eval_sets.values())
     assert set(bench.captions) < set(bench.templates)   # photos are not captioned "a sketch of a …"
 
 
 def test_coop_split_loader_reads_coops_format(tmp_path):
-    D.write_fake_coop(tmp_path, "EuroSAT", n_classes=4, per_split=2)
+    fakes.write_fake_coop(tmp_path, "EuroSAT", n_classes=4, per_split=2)
     train = D.coop_dataset("EuroSAT", tmp_path, "train", size=32)
     test = D.coop_dataset("EuroSAT", tmp_path, "test", size=32)
     assert len(train) == 8 and len(test) == 8
     assert train.classnames == [f"fake class {i}" for i in range(4)]
     x, y = train[3]
     assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and y == 1
-    base, new = D.base_new_classes(len(train.classnames))
+    base, new = tasks.base_new_classes(len(train.classnames))
     assert (base, new) == ([0, 1], [2, 3])
     new_test = test.subset(new)
     assert new_test.classnames == ["fake class 2", "fake class 3"] and set(new_test.labels) == {0, 1}
     assert new_test.cache_key != test.cache_key
-    from clipnotes.features import iter_batches
-    feats_batches = list(iter_batches(train, 5))
-    assert [len(y) for _, y in feats_batches] == [5, 3]
+    batches = list(train.batches(5))
+    assert [len(y) for _, y in batches] == [5, 3]
+    assert torch.equal(torch.cat([x for x, _ in batches]), train.images(slice(None)))
+    assert isinstance(train, D.ImageDataset)
 
 
 def test_coop_and_pacs_loaders_say_what_to_do(tmp_path):
@@ -115,7 +116,7 @@ def test_coop_and_pacs_loaders_say_what_to_do(tmp_path):
         D.coop_dataset("DTD", tmp_path)
     with pytest.raises(ClipnotesError, match="unknown CoOp dataset"):
         D.coop_dataset("ImageNet", tmp_path)
-    D.write_fake_coop(tmp_path, "DTD")
+    fakes.write_fake_coop(tmp_path, "DTD")
     (tmp_path / "dtd" / "split_zhou_DescribableTextures.json").write_text("{not json")
     with pytest.raises(ClipnotesError, match="not a CoOp split file"):
         D.coop_dataset("DTD", tmp_path)
@@ -126,7 +127,7 @@ def test_coop_and_pacs_loaders_say_what_to_do(tmp_path):
 
 
 def test_pacs_folder_loader(tmp_path):
-    D.write_fake_pacs(tmp_path, classes=("dog", "elephant", "guitar"), per_class=2)
+    fakes.write_fake_pacs(tmp_path, classes=("dog", "elephant", "guitar"), per_class=2)
     ds = D.pacs(tmp_path, "sketch", size=24)
     assert ds.classnames == ["dog", "elephant", "guitar"] and list(ds.labels) == [0, 0, 1, 1, 2, 2]
     x, _ = ds[5]
@@ -138,11 +139,11 @@ def test_pacs_folder_loader(tmp_path):
 
 def test_clap_benchmark_mini_holds_out_source_photos_and_a_balanced_pool():
     from clipnotes import world as W
-    bench = D.clap_benchmark(get_profile("mini", seed=1), n_val=50, shots_pool=2)
+    bench = tasks.clap_benchmark(get_profile("mini", seed=1), n_val=50, shots_pool=2)
     assert set(bench.val.factors.named("domain")) == {"photo"} and len(bench.val) == 50
     assert bench.val.split.name != bench.dataset.split.name                 # another stream than the test set
     pool = pd.crosstab(np.asarray(bench.train.factors.named("domain")), bench.train.labels)
     assert pool.shape == (len(W.DOMAINS), len(W.CLASSNAMES)) and (pool.values == 2).all()
     assert len(bench.groups) == len(bench.dataset)
-    images = D.load_images(bench.val, [0, 3])
+    images = bench.val.images(np.array([0, 3]))
     assert images.dtype == torch.uint8 and images.shape[0] == 2

@@ -4,11 +4,14 @@ import torch
 import torch.nn.functional as F
 
 from clipnotes import world as W
-from clipnotes.finetune import (FinetuneConfig, context_kl, finetune, flyp_loss, zero_shot_classifier)
+from clipnotes.classifiers import zero_shot_classifier
+from clipnotes.evaluate import logits
+from clipnotes.finetune import FinetuneConfig, finetune
+from clipnotes.losses import context_kl, flyp_loss
 from clipnotes.models import create_mini
 from clipnotes.utils import ClipnotesError
 from clipnotes.wise import interpolate_state_dicts, wise
-from clipnotes.zeroshot import logits, zero_shot_head
+from clipnotes.zeroshot import zero_shot_head
 
 NAMES = list(W.CLASSNAMES)
 TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
@@ -98,7 +101,7 @@ def test_flyp_writes_its_captions_with_caption_templates_and_keeps_the_heads_tem
 
 
 def test_mini_photo_templates_never_call_a_photo_something_else():
-    from clipnotes.zeroshot import MINI_PHOTO_TEMPLATES, MINI_TEMPLATES
+    from clipnotes.templates import MINI_PHOTO_TEMPLATES, MINI_TEMPLATES
     styles = ("sketch", "drawing", "cartoon", "illustration", "painting", "watercolor", "pixel", "sprite")
     assert set(MINI_PHOTO_TEMPLATES) < set(MINI_TEMPLATES)
     assert all(not any(w in t for w in styles) for t in MINI_PHOTO_TEMPLATES)
@@ -134,7 +137,7 @@ def test_wise_sweep_endpoints_are_the_two_models():
 
 
 def test_domain_contexts_and_domain_reading():
-    from clipnotes.finetune import domain_contexts, domain_read_accuracy
+    from clipnotes.carft import domain_contexts, domain_read_accuracy
     templates, domains = domain_contexts({"photo": ("photograph",), "cartoon": ("illustration", "comic")})
     assert templates == ["a photograph of a {}.", "an illustration of a {}.", "a comic of a {}."]
     assert domains == ["photo", "cartoon", "cartoon"]
@@ -145,27 +148,29 @@ def test_domain_contexts_and_domain_reading():
 
 
 def test_cached_run_and_sweep_are_computed_once(bundle, train, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from clipnotes import finetune as FT
+    from clipnotes import wise as wise_module
+    from clipnotes.evaluate import EvalSets
     from clipnotes.profiles import get_profile
+    from clipnotes.tasks import Benchmark
+    from clipnotes.wise import sweep_run
     monkeypatch.setenv("CLIPNOTES_CACHE", str(tmp_path))
     profile = get_profile("mini")
-    bench = SimpleNamespace(train=train, classnames=NAMES, templates=TEMPLATES)
+    bench = Benchmark("unit", train, NAMES, TEMPLATES, train=train)
     cfg = FinetuneConfig(steps=3, batch_size=8, warmup=1, threads=1)
     run = FT.run_finetune(profile, bundle, bench, cfg, quiet=True)
     assert run.run_dir is not None and run.run_dir.is_relative_to(tmp_path)
-    evals = FT.EvalSets(bundle, {"ID": W.World(0).dataset("finetune-test-unit-eval", 20)})
-    rows = FT.sweep_run(run, evals, alphas=(0.0, 1.0))
+    evals = EvalSets(bundle, {"ID": W.World(0).dataset("finetune-test-unit-eval", 20)})
+    rows = sweep_run(run, evals, alphas=(0.0, 1.0))
     assert rows[0]["ID"] == evals.accuracy(run.start)["ID"] and rows[1]["ID"] == evals.accuracy(run.end)["ID"]
     # features + the head give the same predictions as the classifier itself
     feats, labels = evals.features(run.end)["ID"]
     assert (run.end.head(feats).argmax(1) == labels).float().mean().item() == pytest.approx(rows[1]["ID"])
     # the second time, neither the run nor the sweep is recomputed
-    monkeypatch.setattr(FT, "wise_sweep", lambda *a, **k: pytest.fail("sweep recomputed"))
+    monkeypatch.setattr(wise_module, "wise_sweep", lambda *a, **k: pytest.fail("sweep recomputed"))
     monkeypatch.setattr(FT, "batch_indices", lambda *a, **k: pytest.fail("run retrained"))
     again = FT.run_finetune(profile, bundle, bench, cfg, quiet=True)
-    assert FT.sweep_run(again, evals, alphas=(0.0, 1.0)) == rows
+    assert sweep_run(again, evals, alphas=(0.0, 1.0)) == rows
     sa, sb = run.end.state_dict(), again.end.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -185,7 +190,7 @@ def test_ood_at_id_reads_the_curve_between_alphas():
 
 
 def test_frozen_features_are_the_start_models_features(bundle, train):
-    from clipnotes.finetune import frozen_features
+    from clipnotes.evaluate import frozen_features
     start = zero_shot_classifier(bundle, NAMES, TEMPLATES)
     cached = frozen_features(start, train, bundle.preprocess, batch_size=16)
     with torch.no_grad():

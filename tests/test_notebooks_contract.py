@@ -34,10 +34,41 @@ def test_chapter_contract(path):
     assert "`paper`" in _source(cells[0]) and "`mini`" in _source(cells[0])
     assert '"google.colab" in sys.modules' in code[0], "first code cell: the Colab-only install"
     assert "book.setup(" in code[1], "second code cell: the settings cell"
-    assert any("assert " in c and "all claims hold" in c for c in code), "an assertion cell"
+    claims = [c for c in code if "all claims hold" in c]
+    assert claims, "an assertion cell"
+    _assertions_can_fail(claims[0], "\n".join(code[:code.index(claims[0])]), path.name)
     assert "Exercises" in text and "Solution" in text, "exercises with solutions"
     assert "Paper vs ours" in text or "paper vs ours" in text.lower(), "the paper-vs-ours box"
     assert 'glue("runtime", book.run_time())' in code[-1], "the last cell records the run time"
+
+
+def _assertions_can_fail(cell: str, before: str, name: str) -> None:
+    """The assertion cell makes at least three claims, each a comparison (or a call) that reads a
+    value computed earlier in the chapter: `assert True` or `assert 1 < 2` does not count."""
+    import ast
+
+    def parse(src):
+        lines = [l[:len(l) - len(l.lstrip())] + "pass" if l.lstrip().startswith(("%", "!")) else l
+                 for l in src.split("\n")]                    # IPython magics and shell lines
+        return ast.parse("\n".join(lines))
+
+    tree = parse(cell)
+    computed = {n.id for t in (parse(before), tree) for n in ast.walk(t)          # names the chapter assigned
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    claims = [a for a in ast.walk(tree) if isinstance(a, ast.Assert)]
+    assert len(claims) >= 3, f"{name}: the assertion cell makes fewer than three claims"
+    for a in claims:
+        names = {n.id for n in ast.walk(a.test) if isinstance(n, ast.Name)}
+        tests_something = any(isinstance(n, (ast.Compare, ast.Call)) for n in ast.walk(a.test))
+        assert tests_something and names & computed, f"{name}: `assert {ast.unparse(a.test)}` reads no result"
+
+
+def test_the_contract_rejects_assertions_that_cannot_fail():
+    with pytest.raises(AssertionError, match="reads no result"):
+        _assertions_can_fail("assert True\nassert 1 < 2\nassert len([]) == 0\nprint('all claims hold')", "x = 1", "t")
+    with pytest.raises(AssertionError, match="fewer than three"):
+        _assertions_can_fail("assert gain > 0\nprint('all claims hold')", "gain = 1", "t")
+    _assertions_can_fail("assert gain > 0\nassert a < b\nassert ok(gain)", "gain = 1\na, b = 1, 2", "t")
 
 
 def test_every_chapter_is_in_the_table_of_contents():

@@ -11,13 +11,15 @@ import pytest
 import torch
 import torchvision.datasets.cifar as tv_cifar
 
-from clipnotes import data as D
+from clipnotes import data as D, fakes, tasks
+from clipnotes.classifiers import zero_shot_classifier
+from clipnotes.evaluate import EvalSets, accuracy, logits
 from clipnotes.features import encode_dataset
-from clipnotes.finetune import EvalSets, finetune, recipe, zero_shot_classifier
+from clipnotes.finetune import finetune, recipe
 from clipnotes.models import create_paper
 from clipnotes.profiles import get_profile
 from clipnotes.wise import wise_sweep
-from clipnotes.zeroshot import accuracy, logits, zero_shot_head
+from clipnotes.zeroshot import zero_shot_head
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +31,16 @@ def vit_b32():
 @pytest.fixture
 def paper(tmp_path, monkeypatch):
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.exists(path))
-    D.write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=4)
-    D.write_fake_cifar(tmp_path, "cifar100", n_train=10, n_test=4)
-    D.write_fake_cifar10_shifts(tmp_path, n=3)
+    fakes.write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=4)
+    fakes.write_fake_cifar(tmp_path, "cifar100", n_train=10, n_test=4)
+    fakes.write_fake_cifar10_shifts(tmp_path, n=3)
     monkeypatch.setenv("CLIPNOTES_DATA", str(tmp_path))
     monkeypatch.setenv("CLIPNOTES_CACHE", str(tmp_path / "cache"))
     return get_profile("paper", check=False)
 
 
 def test_zero_shot_chapter_path(paper, vit_b32):
-    bench = D.zero_shot_benchmarks(paper)[0]
+    bench = tasks.zero_shot_benchmarks(paper)[0]
     head = zero_shot_head(vit_b32, bench.classnames, bench.templates)
     assert head.shape == (vit_b32.model.text_projection.shape[1], 10)
     feats = encode_dataset(vit_b32, bench.dataset, paper.cache_dir, batch_size=2)
@@ -50,7 +52,7 @@ def test_zero_shot_chapter_path(paper, vit_b32):
 
 def test_prompt_engineering_chapter_path(paper, vit_b32):
     from clipnotes.zeroshot import forward_selection, probability_ensemble, template_heads
-    bench = D.zero_shot_benchmarks(paper)[0]
+    bench = tasks.zero_shot_benchmarks(paper)[0]
     feats = encode_dataset(vit_b32, bench.dataset, paper.cache_dir, batch_size=2)
     single = template_heads(vit_b32, bench.classnames, bench.pool[:3])
     history = forward_selection(single, feats.features, feats.labels, torch.arange(4) % 2 == 0)
@@ -59,7 +61,7 @@ def test_prompt_engineering_chapter_path(paper, vit_b32):
 
 
 def test_wise_chapter_path(paper, vit_b32):
-    bench = D.finetune_benchmark(paper)
+    bench = tasks.finetune_benchmark(paper)
     cfg = recipe(paper, "ce", steps=1, batch_size=2, warmup=1, threads=1)
     run = finetune(vit_b32, bench.train, bench.classnames, bench.templates[:2], cfg, quiet=True)
     changed = any(not torch.equal(a, b) for a, b in zip(run.start.state_dict().values(), run.end.state_dict().values()))
@@ -73,8 +75,9 @@ def test_wise_chapter_path(paper, vit_b32):
 
 @pytest.mark.parametrize("loss", ["flyp", "carft"])
 def test_flyp_and_carft_chapter_paths(paper, vit_b32, loss):
-    from clipnotes.finetune import run_finetune, sweep_run
-    bench = D.finetune_benchmark(paper)
+    from clipnotes.finetune import run_finetune
+    from clipnotes.wise import sweep_run
+    bench = tasks.finetune_benchmark(paper)
     bench.templates = bench.templates[:2]
     cfg = recipe(paper, loss, steps=1, batch_size=2, warmup=1, threads=1)
     run = run_finetune(paper, vit_b32, bench, cfg, quiet=True)
@@ -89,20 +92,20 @@ def test_flyp_and_carft_chapter_paths(paper, vit_b32, loss):
 
 def test_coop_chapter_path(paper, monkeypatch):
     """Chapter 4 in `paper`: EuroSAT from CoOp's split file, ViT-B/16 features cached, CoOp on them."""
-    from clipnotes import prompts
-    D.write_fake_coop(paper.data_dir, "EuroSAT", n_classes=4, per_split=2)
-    bench = D.few_shot_benchmark(paper, "EuroSAT")
+    from clipnotes import coop
+    fakes.write_fake_coop(paper.data_dir, "EuroSAT", n_classes=4, per_split=2)
+    bench = tasks.few_shot_benchmark(paper, "EuroSAT")
     assert bench.templates == ["a centered satellite photo of {}."] and len(bench.classnames) == 4
     torch.manual_seed(0)
     vit_b16 = create_paper("ViT-B-16-quickgelu", pretrained=None)
     pool = encode_dataset(vit_b16, bench.train, paper.cache_dir, batch_size=4)
     test = encode_dataset(vit_b16, bench.dataset, paper.cache_dir, batch_size=4)
-    assert prompts.coop_lr(vit_b16) == pytest.approx(0.002 * 100 / vit_b16.model.logit_scale.exp().item())
-    monkeypatch.setattr(prompts, "COOP_EPOCHS", {1: 2})                 # two epochs: the path, not the result
-    curves = prompts.few_shot_curves(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=(1,), draws=1,
+    assert coop.coop_lr(vit_b16) == pytest.approx(0.002 * 100 / vit_b16.model.logit_scale.exp().item())
+    monkeypatch.setattr(coop, "COOP_EPOCHS", {1: 2})                 # two epochs: the path, not the result
+    curves = coop.few_shot_curves(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=(1,), draws=1,
                                      variants={"CoOp": dict(init="a photo of a")})
     assert set(curves.method) == {"hand prompt", "linear probe", "CoOp"}
-    b2n = prompts.base_to_new(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=1, draws=1)
+    b2n = coop.base_to_new(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=1, draws=1)
     assert b2n[["base", "new", "H"]].notna().all().all()
 
 
@@ -110,8 +113,8 @@ def test_clap_chapter_path(paper):
     """Chapter 8 in `paper`: PACS from its folders, a fifth of the photos held out, ViT-B/16, CLAP end to end."""
     from clipnotes import clap
     from clipnotes.attacks import robust_accuracy
-    D.write_fake_pacs(paper.data_dir, per_class=5)
-    bench = D.clap_benchmark(paper)
+    fakes.write_fake_pacs(paper.data_dir, per_class=5)
+    bench = tasks.clap_benchmark(paper)
     assert bench.classnames == ["dog", "elephant", "guitar"] and len(bench.val) == 3
     assert len(bench.dataset) == 4 * 15 - 3 and len(bench.groups) == len(bench.dataset)
     assert not set(bench.val.paths) & set(bench.dataset.paths)
@@ -127,6 +130,6 @@ def test_clap_chapter_path(paper):
     alpha, _ = clap.choose_alpha(net, source.features, source.labels, texts, alphas=(0.1,))
     table = clap.format_accuracy(test.features, test.labels, bench.groups, texts, net, alpha)
     assert list(table.index) == list(D.PACS_DOMAINS) and table.notna().all().all()
-    images = D.load_images(bench.dataset, [0, 1]).float() / 255
+    images = bench.dataset.images(np.array([0, 1])).float() / 255
     classify = clap.zero_shot_classifier(vit_b16, texts["C"], net, alpha)
     assert 0.0 <= robust_accuracy(classify, images, torch.as_tensor(bench.dataset.labels[:2]), "fgsm") <= 1.0

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from clipnotes.coop import PromptLearner, nearest_words
 from clipnotes.models import create_mini, create_paper
-from clipnotes.prompts import PromptLearner, nearest_words
 from clipnotes.utils import ClipnotesError
 
 NAMES = ["star", "heart", "circle"]
@@ -29,7 +29,7 @@ def test_context_initialised_from_words_equals_the_real_prompt(make):
                                   lambda: create_paper("ViT-B-16-quickgelu", pretrained=None)],
                          ids=["mini", "ViT-B-16 random"])
 def test_encoding_from_embeddings_cuts_the_padding_and_changes_nothing(make):
-    from clipnotes.prompts import encode_token_embeddings
+    from clipnotes.models import encode_token_embeddings
     bundle = make()
     texts = ["star", "a photo of a small red star on a striped background", "a heart"]   # different lengths
     tokens = bundle.tokenizer(texts)
@@ -74,7 +74,7 @@ def test_prompt_learner_errors():
 
 def test_coop_training_on_cached_features_fits_and_starts_at_the_hand_prompt():
     from clipnotes import world as W
-    from clipnotes.prompts import prompt_accuracy, train_coop
+    from clipnotes.coop import prompt_accuracy, train_coop
     bundle = create_mini("shipped")
     ds = W.World(0).few_shot(4, domain="painting")
     names = list(W.CLASSNAMES)
@@ -105,7 +105,7 @@ def _fake_features(n_per_class, dim, n_classes=4, seed=0):
 
 
 def test_coop_lr_scales_with_the_logit_scale_and_epochs_follow_coop():
-    from clipnotes.prompts import coop_epochs, coop_lr
+    from clipnotes.coop import coop_epochs, coop_lr
     bundle = create_mini("shipped")
     scale = bundle.model.logit_scale.exp().item()
     assert coop_lr(bundle) == pytest.approx(0.002 * 100 / scale)
@@ -125,7 +125,7 @@ def test_shared_context_moves_to_new_classes_but_class_specific_cannot():
 
 
 def test_few_shot_curves_and_base_to_new_tables():
-    from clipnotes.prompts import base_to_new, few_shot_curves
+    from clipnotes.coop import base_to_new, few_shot_curves
     bundle = create_mini("shipped")
     names = ["star", "heart", "circle", "square"]
     dim = bundle.encode_texts(["star"]).shape[1]

@@ -1,54 +1,37 @@
-"""Prompt learning (CoOp): learned context vectors spliced into the frozen text tower.
+"""Prompt learning, CoOp (chapter 4): learned context vectors spliced into the frozen text tower.
 
 A prompt "X X X X star." is tokenised once; the embeddings of its start token and of the
 class name, full stop and end token are frozen buffers, and the M context vectors take
-the place of the X's. The sequence then runs through CLIP's own text transformer —
-positional embedding, transformer, final layer norm, end-token pooling, projection —
-exactly as ``open_clip.CLIP.encode_text`` does after its embedding lookup.
+the place of the X's. The sequence then runs through CLIP's own text transformer
+(:func:`clipnotes.models.encode_token_embeddings`), exactly as ``open_clip.CLIP.encode_text``
+does after its embedding lookup.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import ClipBundle
-from .utils import ClipnotesError, progress
+from .evaluate import accuracy, fit_linear_probe
+from .models import ClipBundle, encode_token_embeddings
+from .optim import cosine
+from .tasks import base_new_classes, few_shot_indices
+from .utils import ClipnotesError, frozen, progress
+from .zeroshot import zero_shot_head
 
 POSITIONS = ("end", "middle", "front")
+
 
 #: CoOp's training epochs per shot count (``scripts/coop``: 50 / 100 / 100 / 200 / 200).
 COOP_EPOCHS: dict[int, int] = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
 
+
 #: The chapter's two CoOp variants: a shared context from "a photo of a" (CoOp's ctxv1 configs)
 #: and a class-specific random one (CSC).
 COOP_VARIANTS: dict[str, dict] = {"CoOp": dict(init="a photo of a"), "CoOp, class-specific": dict(n_ctx=4, csc=True)}
-
-
-def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """``model.encode_text`` from token embeddings (N, L, W) instead of token ids (unit norm if ``normalize``).
-
-    ``tokens`` (N, L) are only used to find the end-of-text position, as open_clip does. In a
-    causal text tower nothing after the last end token reaches the pooled output, so those
-    positions are cut off first: CLIP pads every prompt to 77 tokens, and short prompts then
-    cost a fraction of that (the output is the same).
-    """
-    from open_clip.transformer import text_global_pool
-
-    cast = model.transformer.get_cast_dtype()
-    mask, length = model.attn_mask, embeddings.shape[1]
-    if mask is not None and model.text_pool_type == "argmax":
-        length = int(tokens.argmax(dim=-1).max()) + 1
-        mask = mask[:length, :length]
-    x = embeddings[:, :length].to(cast) + model.positional_embedding[:length].to(cast)
-    x = model.transformer(x, attn_mask=mask)
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens[:, :length], model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
-    return F.normalize(x, dim=-1) if normalize else x
 
 
 def _word_ids(tokenizer, text: str) -> list[int]:
@@ -127,13 +110,9 @@ class PromptLearner(nn.Module):
             other.ctx.copy_(self.ctx)
         return other.eval()
 
-    def tokens_for_pooling(self) -> torch.Tensor:
-        """Token ids in the spliced order (only the end-token position matters for pooling)."""
-        return self.tokens
-
     def forward(self, model) -> torch.Tensor:
         """Unit-norm class embeddings (C, D) through ``model``'s frozen text tower."""
-        return encode_token_embeddings(model, self.embeddings(), self.tokens_for_pooling())
+        return encode_token_embeddings(model, self.embeddings(), self.tokens)
 
 
 def nearest_words(bundle: ClipBundle, vectors: torch.Tensor, k: int = 3) -> list[list[str]]:
@@ -148,18 +127,6 @@ def nearest_words(bundle: ClipBundle, vectors: torch.Tensor, k: int = 3) -> list
     return [[itos[int(i)] for i in row] for row in idx]
 
 
-@contextlib.contextmanager
-def _frozen(model):
-    """Turn off gradients for ``model``'s own weights, and restore its flags afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-
-
 def train_coop(bundle: ClipBundle, learner: PromptLearner, features: torch.Tensor, labels: torch.Tensor,
                epochs: int, lr: float = 0.002, batch_size: int = 32, momentum: float = 0.9,
                weight_decay: float = 5e-4, warmup_lr: float = 1e-5, seed: int = 0) -> list[float]:
@@ -169,8 +136,6 @@ def train_coop(bundle: ClipBundle, learner: PromptLearner, features: torch.Tenso
     from ``lr`` over the remaining epochs; batches of ``batch_size`` drawn without replacement
     each epoch. Only the context vectors train: the text tower runs, the image tower never does.
     """
-    import math
-
     if len(labels) == 0:
         raise ClipnotesError("no training features for CoOp")
     model = bundle.model
@@ -180,10 +145,9 @@ def train_coop(bundle: ClipBundle, learner: PromptLearner, features: torch.Tenso
     g = torch.Generator().manual_seed(seed)
     losses = []
     learner.train()
-    with _frozen(model):
+    with frozen(model):
         for epoch in range(epochs):
-            rate = warmup_lr if epoch == 0 and epochs > 1 else \
-                0.5 * lr * (1 + math.cos(math.pi * (epoch - 1) / max(1, epochs - 1)))
+            rate = warmup_lr if epoch == 0 and epochs > 1 else cosine(epoch - 1, epochs - 1, lr)
             for group in opt.param_groups:
                 group["lr"] = rate
             for idx in torch.randperm(len(y), generator=g).split(batch_size):
@@ -200,8 +164,6 @@ def train_coop(bundle: ClipBundle, learner: PromptLearner, features: torch.Tenso
 @torch.no_grad()
 def prompt_accuracy(bundle: ClipBundle, learner: PromptLearner, features: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of the learned prompts on cached, L2-normalised image features."""
-    from .zeroshot import accuracy
-
     text = learner(bundle.model).float()
     return accuracy((features.float().to(text.device) @ text.T).cpu(), labels)
 
@@ -238,17 +200,12 @@ def _relabel(labels: torch.Tensor, keep: Sequence[int]) -> tuple[torch.Tensor, t
 
 def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], template: str,
                     shots: Sequence[int] = (1, 2, 4, 8, 16), draws: int = 3, seed: int = 0,
-                    variants: dict[str, dict] | None = None) -> "pd.DataFrame":
+                    variants: dict[str, dict] | None = None) -> pd.DataFrame:
     """Test accuracy of the hand prompt, a linear probe and CoOp variants after k shots per class.
 
     ``pool`` and ``test`` are cached feature sets (``.features``, ``.labels``); each of ``draws``
     draws picks its own k images per class from the pool. Rows: method, shots, draw, accuracy.
     """
-    import pandas as pd
-
-    from .data import few_shot_indices
-    from .zeroshot import accuracy, fit_linear_probe, zero_shot_head
-
     variants = COOP_VARIANTS if variants is None else variants
     x, y = test.features, test.labels
     hand = accuracy(x @ zero_shot_head(bundle, classnames, [template]).cpu(), y)
@@ -271,18 +228,13 @@ def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], t
 
 
 def base_to_new(bundle: ClipBundle, pool, test, classnames: Sequence[str], template: str, shots: int = 16,
-                draws: int = 3, seed: int = 0, split: str = "first-half", **learner_kwargs) -> "pd.DataFrame":
+                draws: int = 3, seed: int = 0, split: str = "first-half", **learner_kwargs) -> pd.DataFrame:
     """CoCoOp's base-to-new protocol: CoOp learns on the base half of the classes, and its context
     is tested on base and on the unseen new half (each a classification among its own classes).
 
-    ``split`` is :func:`clipnotes.data.base_new_classes`'s. Rows per draw for the hand prompt
+    ``split`` is :func:`clipnotes.tasks.base_new_classes`'s. Rows per draw for the hand prompt
     and CoOp: base, new and their harmonic mean H.
     """
-    import pandas as pd
-
-    from .data import base_new_classes, few_shot_indices
-    from .zeroshot import accuracy, zero_shot_head
-
     learner_kwargs = learner_kwargs or COOP_VARIANTS["CoOp"]
     base, new = base_new_classes(len(classnames), split)
     names = {"base": [classnames[i] for i in base], "new": [classnames[i] for i in new]}

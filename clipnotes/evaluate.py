@@ -1,0 +1,131 @@
+"""Evaluation shared by every chapter: logits, accuracies, retrieval, linear probes, and
+evaluation sets kept in memory for sweeps over models (chapters 1–8)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ImageDataset
+from .models import ClipBundle
+from .utils import no_autocast, stable_hash
+
+def logits(features: torch.Tensor, head: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
+    """Scaled cosine similarities, (N, C); ``features`` must be L2-normalised."""
+    return scale * features.float() @ head.to(features.device).float()
+
+
+def accuracy(pred_or_logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+    """Top-1 accuracy from predictions (N,) or logits (N, C)."""
+    p = torch.as_tensor(pred_or_logits)
+    if p.ndim == 2:
+        p = p.argmax(1)
+    y = torch.as_tensor(labels).to(p.device)
+    return float((p == y).float().mean()) if len(y) else float("nan")
+
+
+def accuracy_by_group(pred: torch.Tensor, labels: torch.Tensor, groups: Sequence[str] | np.ndarray) -> dict[str, float]:
+    """Accuracy per group value (e.g. per domain), in first-seen order."""
+    groups = np.asarray(groups)
+    pred = torch.as_tensor(pred)
+    if pred.ndim == 2:
+        pred = pred.argmax(1)
+    out = {}
+    for g in dict.fromkeys(groups.tolist()):
+        m = torch.from_numpy(groups == g)
+        out[str(g)] = accuracy(pred[m], torch.as_tensor(labels)[m])
+    return out
+
+
+def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Recall@k for image->text and text->image retrieval of matched pairs (row i <-> row i)."""
+    sim = image_features.float() @ text_features.float().T
+    target = torch.arange(len(sim))
+    out = {}
+    for direction, s in (("image->text", sim), ("text->image", sim.T)):
+        ranks = (s > s[target, target][:, None]).sum(1)          # how many beat the true match
+        for k in ks:
+            out[f"{direction} R@{k}"] = float((ranks < k).float().mean())
+    return out
+
+
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, c: float = 1.0, seed: int = 0):
+    """A logistic-regression probe on frozen features (CLIP's linear-probe protocol, L-BFGS).
+
+    Features are standardised first, so one regularisation strength ``c`` suits any model.
+    Returns a fitted scikit-learn pipeline (``.predict``, ``.score``).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+    return probe.fit(features.cpu().numpy(), labels.cpu().numpy())
+
+
+def linear_head_accuracy(head: nn.Module, features: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """Accuracy of a linear head on cached feature sets (``.features``, ``.labels``), one per name
+    (chapters 5 and 7: WiSE-FT's linear classifier)."""
+    with torch.no_grad():
+        return {n: (head(features[n].features).argmax(1) == features[n].labels).float().mean().item() for n in names}
+
+
+def ood_mean(scores: Mapping[str, float] | Any, ood_names: Sequence[str]) -> Any:
+    """The mean accuracy over a benchmark's OOD sets (chapters 5–7's y axis): of one dict of
+    scores, or of a DataFrame's columns row by row."""
+    if isinstance(scores, Mapping):
+        return float(np.mean([scores[k] for k in ood_names]))
+    return scores[list(ood_names)].mean(axis=1)
+
+
+@torch.no_grad()
+def _encode(model: nn.Module, images, preprocess: Callable, autocast: Callable | None) -> torch.Tensor:
+    """L2-normalised features (on CPU) of a classifier's image encoder over uint8 image batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for x in images:
+        with (autocast or no_autocast)():
+            out.append(model.features(preprocess(x.to(device))).float().cpu())
+    return torch.cat(out)
+
+
+def frozen_features(model: nn.Module, dataset: ImageDataset, preprocess: Callable, autocast: Callable | None = None,
+                    batch_size: int = 500) -> torch.Tensor:
+    """L2-normalised features of every item of ``dataset`` under a frozen classifier's encoder (on CPU)."""
+    return _encode(model, (x for x, _ in dataset.batches(batch_size)), preprocess, autocast)
+
+
+class EvalSets:
+    """Evaluation datasets, preprocessed once and kept in memory (an α sweep reuses them)."""
+
+    def __init__(self, bundle: ClipBundle, datasets: Mapping[str, ImageDataset], batch_size: int = 500):
+        self.batch_size = batch_size
+        self.data = {}
+        for name, ds in datasets.items():
+            batches = list(ds.batches(batch_size))
+            self.data[name] = ([x for x, _ in batches], [y for _, y in batches])
+        self.preprocess = bundle.preprocess
+        self.device = bundle.device
+        self.key = stable_hash(list(datasets), [ds.cache_key for ds in datasets.values()], bundle.key)
+
+    def features(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{set: (L2-normalised image features, labels)}`` of a classifier's image encoder."""
+        return {name: (_encode(model, chunks, self.preprocess, autocast), torch.cat(labels))
+                for name, (chunks, labels) in self.data.items()}
+
+    @torch.no_grad()
+    def accuracy(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, float]:
+        model.eval()
+        ac = autocast or no_autocast
+        out = {}
+        for name, (chunks, labels) in self.data.items():
+            correct = 0
+            for x, y in zip(chunks, labels):
+                with ac():
+                    pred = model(self.preprocess(x.to(self.device))).argmax(1).cpu()
+                correct += int((pred == y).sum())
+            out[name] = correct / sum(len(y) for y in labels)
+        return out

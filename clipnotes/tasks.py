@@ -1,0 +1,173 @@
+"""Every chapter's benchmark, for either profile: the only module that reads the profile's name.
+
+A :class:`Benchmark` is a test set with its class names and templates, plus what a
+chapter needs beside it: the images shots or training batches come from (``train``), a
+held-out split for choosing hyper-parameters (``val``), OOD test sets (``ood``), per-item
+groups such as styles. ``mini`` builds them from the world; ``paper`` from
+:mod:`clipnotes.data`'s loaders. Few-shot draws and base-to-new splits live here too.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from . import templates as T
+from . import world
+from .data import (CIFAR10_CLASSNAMES, PACS_DOMAINS, ImageDataset, concat_files, cifar, cifar10_shift,
+                   coop_dataset, pacs, take_files)
+from .profiles import Profile
+from .utils import ClipnotesError
+from .world import CLASSNAMES, DOMAINS, Cycle, World, WorldDataset
+
+
+@dataclass
+class Benchmark:
+    """A labelled test set (``dataset``) with its class names, prompt templates and companions."""
+
+    name: str
+    dataset: ImageDataset                    # the test set ("ID" where there are OOD sets)
+    classnames: list[str]
+    templates: list[str]                     # the heads' templates; templates[0] is the hand prompt
+    groups: list[str] | None = None          # e.g. the style of every test item
+    pool: list[str] | None = None            # a larger template pool for ensembling (chapter 3)
+    train: ImageDataset | None = None        # labelled images to draw shots / training batches from
+    curated: list[str] | None = None         # better class names, where known
+    style_templates: dict[str, str] = field(default_factory=dict)   # a template per group, where one fits
+    val: ImageDataset | None = None          # a held-out split for choosing hyper-parameters
+    ood: dict[str, ImageDataset] = field(default_factory=dict)      # OOD test sets (chapters 5–7)
+    caption_templates: list[str] | None = None   # FLYP's captions, where some templates misname the images
+    train_groups: list[str] | None = None    # the group (style) of every ``train`` item, where known
+
+    @property
+    def factors(self) -> world.Factors | None:
+        """The test items' known factors in the mini world; ``None`` for real datasets."""
+        return self.dataset.factors if isinstance(self.dataset, WorldDataset) else None
+
+    @property
+    def eval_sets(self) -> dict[str, ImageDataset]:
+        """``{"ID": test set, **OOD sets}``: what fine-tuning is evaluated on."""
+        return {"ID": self.dataset, **self.ood}
+
+    @property
+    def ood_names(self) -> list[str]:
+        return list(self.ood)
+
+    @property
+    def captions(self) -> list[str]:
+        """The templates FLYP writes its training captions with."""
+        return self.caption_templates or self.templates
+
+
+def _mini_test(profile: Profile) -> WorldDataset:
+    return World(profile.seed).zero_shot_test(profile.n_test_per_domain)
+
+
+def zero_shot_benchmarks(profile: Profile) -> list[Benchmark]:
+    """Chapters 2–3: the mini world's five styles, or CIFAR-10 and CIFAR-100 (CLIP's 18 templates)."""
+    if profile.name == "mini":
+        w, test = World(profile.seed), _mini_test(profile)
+        curated = [world.CURATED_CLASSNAMES.get(c, c) for c in CLASSNAMES]
+        return [Benchmark("mini world", test, list(CLASSNAMES), [T.PHOTO_TEMPLATE], test.factors.named("domain"),
+                          pool=list(T.MINI_TEMPLATES),
+                          train=w.dataset("probe-train", 200 * len(CLASSNAMES), shape=Cycle(range(10))),
+                          curated=curated, style_templates=dict(T.MINI_DOMAIN_TEMPLATES))]
+    root = profile.data_dir
+    out = []
+    for name, label in (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")):
+        test = cifar(name, root, train=False, download=profile.download)
+        train = cifar(name, root, train=True, download=profile.download)
+        out.append(Benchmark(label, test, test.classnames, list(T.CIFAR_TEMPLATES), pool=list(T.CIFAR_TEMPLATES),
+                             train=train))
+    return out
+
+
+def few_shot_indices(labels: Sequence[int], shots: int, seed: int = 0) -> np.ndarray:
+    """``shots`` random indices per class (all of a class if it has fewer), sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+BASE_NEW_SPLITS = ("first-half", "alternate")
+
+
+def base_new_classes(n_classes: int, split: str = "first-half") -> tuple[list[int], list[int]]:
+    """A base-to-new split of the labels (chapter 4): CoCoOp's (the first ⌈n/2⌉ are base, the
+    rest new), or ``"alternate"`` (even labels base, odd new) where the label order groups
+    hard classes."""
+    if split == "first-half":
+        m = math.ceil(n_classes / 2)
+        return list(range(m)), list(range(m, n_classes))
+    if split == "alternate":
+        return list(range(0, n_classes, 2)), list(range(1, n_classes, 2))
+    raise ClipnotesError(f"unknown base-to-new split {split!r}; use one of {BASE_NEW_SPLITS}")
+
+
+def few_shot_benchmark(profile: Profile, dataset: str = "EuroSAT", pool_per_class: int = 64,
+                       n_test: int = 1000) -> Benchmark:
+    """Chapter 4's few-shot task: shots come from ``train``, the hand prompt is ``templates[0]``.
+
+    mini: paintings, the style where the hand prompt is weakest; paper: a CoOp dataset
+    (train → test) with CoOp's hand prompt (``pool_per_class``/``n_test`` apply to mini only).
+    """
+    if profile.name == "mini":
+        w, n = World(profile.seed), len(CLASSNAMES)
+        pool = w.dataset("fewshot-pool", pool_per_class * n, domain="painting", shape=Cycle(range(n)))
+        return Benchmark("mini world: paintings", w.domain_split("painting", n_test), list(CLASSNAMES),
+                         [T.PHOTO_TEMPLATE], train=pool)
+    train, test = (coop_dataset(dataset, profile.data_dir, split) for split in ("train", "test"))
+    return Benchmark(dataset, test, test.classnames, [T.COOP_HAND_PROMPTS[dataset]], train=train)
+
+
+def clap_benchmark(profile: Profile, n_val: int = 1000, shots_pool: int = 16) -> Benchmark:
+    """Chapter 8's task: every domain (``groups``), a held-out *source* split (``val``: photos) for
+    choosing CLAP's inference weight, and a pool of labelled images for few-shot probes (``train``).
+
+    mini: the world's test images, photos from another stream, and ``shots_pool`` images per
+    class and domain. paper: PACS; a fifth of its photos (seeded) is the source split and
+    leaves the test set; the few-shot pool is the test set itself, as in CLAP's code.
+    """
+    if profile.name == "mini":
+        w, n = World(profile.seed), len(CLASSNAMES)
+        test = _mini_test(profile)
+        val = w.domain_split("photo", n_val, stream="clap-val")
+        pool = w.dataset("clap-fewshot", shots_pool * n * len(DOMAINS), domain=Cycle(DOMAINS),
+                         shape=Cycle(range(n), every=len(DOMAINS)))
+        return Benchmark("mini world: five styles", test, list(CLASSNAMES), [T.PHOTO_TEMPLATE],
+                         test.factors.named("domain"), train=pool, val=val,
+                         train_groups=pool.factors.named("domain"))
+    domains = {d: pacs(profile.data_dir, d) for d in PACS_DOMAINS}
+    photo = domains["photo"]
+    held = np.random.default_rng(profile.seed).permutation(len(photo))[:len(photo) // 5]
+    keep = np.setdiff1d(np.arange(len(photo)), held)
+    val = take_files(photo, held, f"PACS-photo-val-s{profile.seed}")
+    domains["photo"] = take_files(photo, keep, f"PACS-photo-test-s{profile.seed}")
+    test = concat_files(list(domains.values()), f"PACS-test-s{profile.seed}")
+    groups = [d for d, ds in domains.items() for _ in range(len(ds))]
+    return Benchmark("PACS", test, test.classnames, [T.PHOTO_TEMPLATE], groups, train=test, val=val,
+                     train_groups=groups)
+
+
+def finetune_benchmark(profile: Profile, n_train: int = 4000, n_eval: int = 1000) -> Benchmark:
+    """Chapters 5–7: training images (``train``), an ID test set (``dataset``) and OOD sets (``ood``).
+
+    mini: photos where colour predicts class (90 %) → the colour shift and four other styles.
+    paper: CIFAR-10 → CIFAR-10.1 and CIFAR-10.2 (``n_train``/``n_eval`` apply to mini only).
+    """
+    if profile.name == "mini":
+        spurious, domain = 0.9, "photo"
+        train, evals = World(profile.seed).finetune_sets(n_train, n_eval, spurious, domain)
+        id_test = evals.pop("ID")
+        return Benchmark(f"mini world: {domain}s, colour-class correlation {spurious:.0%}", id_test,
+                         list(CLASSNAMES), list(T.MINI_TEMPLATES), train=train, ood=evals,
+                         caption_templates=list(T.MINI_PHOTO_TEMPLATES))
+    root = profile.data_dir
+    train = cifar("cifar10", root, train=True, download=profile.download)
+    test = cifar("cifar10", root, train=False, download=profile.download)
+    ood = {"CIFAR-10.1": cifar10_shift("cifar10.1", root), "CIFAR-10.2": cifar10_shift("cifar10.2", root)}
+    return Benchmark("CIFAR-10 → CIFAR-10.1, CIFAR-10.2", test, CIFAR10_CLASSNAMES, list(T.CIFAR_TEMPLATES),
+                     train=train, ood=ood)
