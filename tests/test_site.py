@@ -1,0 +1,42 @@
+"""The built site: every chapter page has its Colab, repository and issues buttons.
+
+The site is built without executing the notebooks (a copy of ``_config.yml`` with execution
+off), so this stays cheap; ``make book`` builds the executed site the same way.
+"""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+CHAPTERS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("jupyter-book is not installed (pip install .[book])")
+    out = tmp_path_factory.mktemp("site")
+    config = dict(CONFIG, execute=dict(CONFIG["execute"], execute_notebooks="off"))
+    (out / "_config.yml").write_text(yaml.safe_dump(config))
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--config", str(out / "_config.yml"),
+           "--path-output", str(out), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out / "_build" / "html"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_page_opens_its_own_notebook_in_colab(site, chapter):
+    html = (site / "notebooks" / f"{chapter}.html").read_text()
+    repo = CONFIG["repository"]["url"].removeprefix("https://github.com/")
+    branch = CONFIG["repository"]["branch"]
+    colab = f"https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{chapter}.ipynb"
+    assert colab in html, f"no Colab button for {chapter}"
+    assert re.search(rf'href="{re.escape(CONFIG["repository"]["url"])}"', html), "no repository button"
+    assert f'{CONFIG["repository"]["url"]}/issues/new' in html, "no issues button"
