@@ -6,6 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.clipnotes-installed
 FINGERPRINT := _build/.clipnotes-fingerprint
+EXECUTED := $(CURDIR)/_build/executed
+NBVAL := HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
+	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly -q
 
 # Offline, headless, deterministic, quiet progress bars.
 export CLIPNOTES_PROFILE ?= mini
@@ -16,11 +19,11 @@ export TQDM_DISABLE := 1
 export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help env book test unit nbval seeds book-strict bench pretrain-mini doctor clean
+.PHONY: help env book test unit nbval seeds book-strict site-strict bench pretrain-mini doctor clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
-	@echo "make test   - set up .venv, unit tests, every notebook under nbval, strict book build"
+	@echo "make test   - set up .venv, unit tests, every notebook under nbval, the strict site built from that execution"
 	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 and 2 too (claims must not hang on one seed)"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make doctor - check the installation"
@@ -49,24 +52,30 @@ book: cache-guard
 	@echo "==> open _build/html/index.html"
 
 book-strict: cache-guard
-	@echo "==> building the book with warnings as errors"
+	@echo "==> building the book with warnings as errors (executing the chapters)"
 	$(BIN)/jupyter-book build . -W --keep-going
 
 unit: $(STAMP)
 	@echo "==> unit tests (sockets disabled)"
 	MPLBACKEND=Agg $(BIN)/python -m pytest tests --disable-socket --allow-unix-socket -q
 
+# nbval executes every chapter and asserts its claims; notebooks/conftest.py keeps that
+# execution in _build/executed, and the strict site is built from it (no second execution).
 nbval: $(STAMP)
 	@echo "==> every notebook under nbval"
-	HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
-	$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly -q
+	rm -rf $(EXECUTED)
+	CLIPNOTES_EXECUTED=$(EXECUTED) $(NBVAL)
+
+site-strict: $(STAMP)
+	@echo "==> the site from nbval's execution, warnings as errors"
+	$(BIN)/python -m clipnotes assemble-site --executed $(EXECUTED) --out _build/site-src
+	$(BIN)/jupyter-book build _build/site-src --path-output $(CURDIR) -W --keep-going
 
 seeds: $(STAMP)
 	@for s in 1 2; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
-	  CLIPNOTES_SEED=$$s HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 \
-	  $(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly -q || exit 1; done
+	  CLIPNOTES_SEED=$$s $(NBVAL) || exit 1; done
 
-test: unit nbval book-strict
+test: unit nbval site-strict
 	@echo "==> all tests passed"
 
 # On a CPU the model benchmarks run at small sizes; on a CUDA machine drop the size flags.

@@ -1,4 +1,4 @@
-"""The clipnotes command line: ``python -m clipnotes {doctor,pretrain-mini}``."""
+"""The clipnotes command line: ``python -m clipnotes {doctor,pretrain-mini,assemble-site}``."""
 from __future__ import annotations
 
 import argparse
@@ -89,6 +89,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assemble_site(args: argparse.Namespace) -> int:
+    from .book import assemble_site
+
+    print(f"site sources in {assemble_site(args.executed, args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipnotes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", help="where the resumable state lives")
     p.add_argument("--out", help="where to write the final weights (a .json card goes beside them)")
     p.set_defaults(func=_pretrain)
+    a = sub.add_parser("assemble-site", help="the book's sources with executed notebooks (make test builds from them)")
+    a.add_argument("--executed", default="_build/executed", help="where nbval wrote the executed notebooks")
+    a.add_argument("--out", default="_build/site-src", help="where to assemble the sources")
+    a.set_defaults(func=_assemble_site)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .profiles import Profile, get_profile
-from .utils import save_json
+from .utils import ClipnotesError, save_json
 
 _STARTED: float | None = None
 
@@ -58,3 +58,32 @@ def load_results(profile: Profile, chapter: str) -> dict[str, Any] | None:
     """A chapter's saved headline numbers, or ``None`` if that chapter has not run yet."""
     path = results_path(profile, chapter)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".") -> Path:
+    """The book's sources with the notebooks nbval just executed (``make test`` builds the site
+    from them, so each chapter executes once): ``_config.yml`` with execution off, the table of
+    contents, ``book/``, and a run-times page written from the execution's ``times.json``."""
+    import shutil
+
+    import yaml
+
+    root, executed, out = Path(root), Path(executed), Path(out)
+    missing = [p.name for p in sorted((root / "notebooks").glob("*.ipynb")) if not (executed / "notebooks" / p.name).exists()]
+    if missing:
+        raise ClipnotesError(f"{executed} has no executed copy of {', '.join(missing)}; run `make nbval` first")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(root / "book", out / "book")
+    shutil.copytree(executed / "notebooks", out / "notebooks")
+    shutil.copy(root / "_toc.yml", out / "_toc.yml")
+    config = yaml.safe_load((root / "_config.yml").read_text())
+    config["execute"] = dict(config.get("execute", {}), execute_notebooks="off")
+    (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    times = json.loads((executed / "times.json").read_text())
+    rows = "\n".join(f"| {name} | {t['seconds']:.0f} s | {t['seed']} |" for name, t in sorted(times.items()))
+    page = (root / "book" / "runtimes.md").read_text()
+    table = ("| chapter | seconds | seed |\n| --- | --- | --- |\n" + rows + "\n\nExecuted once, under nbval, by "
+             "`make test`; the site was built from that execution.")
+    (out / "book" / "runtimes.md").write_text(page.replace("```{nb-exec-table}\n```", table))
+    return out

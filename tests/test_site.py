@@ -40,3 +40,26 @@ def test_chapter_page_opens_its_own_notebook_in_colab(site, chapter):
     assert colab in html, f"no Colab button for {chapter}"
     assert re.search(rf'href="{re.escape(CONFIG["repository"]["url"])}"', html), "no repository button"
     assert f'{CONFIG["repository"]["url"]}/issues/new' in html, "no issues button"
+
+
+def test_site_sources_come_from_the_executed_notebooks(tmp_path):
+    """`make test` builds the site from nbval's execution: execution off, the executed copies,
+    the run-times page written from the execution's times."""
+    import json
+
+    from clipnotes.book import assemble_site
+    from clipnotes.utils import ClipnotesError
+    executed = tmp_path / "executed"
+    with pytest.raises(ClipnotesError, match="run `make nbval` first"):
+        assemble_site(executed, tmp_path / "src", ROOT)
+    (executed / "notebooks").mkdir(parents=True)
+    for name in CHAPTERS:
+        shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", executed / "notebooks")
+    (executed / "notebooks" / f"{CHAPTERS[0]}.ipynb").write_text('{"marker": 1}')
+    (executed / "times.json").write_text(json.dumps({c: {"seconds": 12.3, "seed": "0"} for c in CHAPTERS}))
+    src = assemble_site(executed, tmp_path / "src", ROOT)
+    config = yaml.safe_load((src / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off" and config["repository"] == CONFIG["repository"]
+    assert json.loads((src / "notebooks" / f"{CHAPTERS[0]}.ipynb").read_text()) == {"marker": 1}
+    page = (src / "book" / "runtimes.md").read_text()
+    assert "nb-exec-table" not in page and f"| {CHAPTERS[-1]} | 12 s | 0 |" in page
