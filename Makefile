@@ -18,6 +18,7 @@ export PYTHONHASHSEED := 0
 export TQDM_DISABLE := 1
 export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+export CLIPNOTES_SITE := 1                  # glued numbers render inline; no `name = value` lines
 
 .PHONY: help env book test unit nbval seeds book-strict site-strict bench pretrain-mini doctor clean
 

@@ -1,4 +1,4 @@
-"""The clipnotes command line: ``python -m clipnotes {doctor,pretrain-mini,assemble-site}``."""
+"""The clipnotes command line: ``python -m clipnotes {doctor,pretrain-mini,assemble-site,sync-notebooks}``."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,14 @@ def _assemble_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync_notebooks(args: argparse.Namespace) -> int:
+    from .book import install_ref, sync_notebooks
+
+    changed = sync_notebooks(".")
+    print(f"install cells at {install_ref()}: " + (", ".join(changed) if changed else "every notebook agrees"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipnotes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--executed", default="_build/executed", help="where nbval wrote the executed notebooks")
     a.add_argument("--out", default="_build/site-src", help="where to assemble the sources")
     a.set_defaults(func=_assemble_site)
+    n = sub.add_parser("sync-notebooks", help="write every chapter's install cell and Colab metadata from _config.yml")
+    n.set_defaults(func=_sync_notebooks)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ def setup(profile: str | None = None, seed: int | None = None, download: bool | 
     seed_everything(prof.seed)
     set_style()
     _STARTED = time.time()
+    if (profile or "").strip().lower() == "auto":
+        print(f"PROFILE = 'auto' chose {prof.name}: " + ("a CUDA GPU is here" if prof.name == "paper" else
+              "no CUDA GPU here" if not os.environ.get("CLIPNOTES_PROFILE") else "CLIPNOTES_PROFILE says so"))
     print(f"profile {prof.name} · seed {prof.seed} · device {prof.device} · precision {prof.precision}"
           f" · cache {prof.cache_dir}")
     return prof
@@ -34,9 +38,16 @@ def run_time() -> str:
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
-    """Glue a computed value into the prose with myst-nb (a no-op where myst-nb is absent, e.g. Colab)."""
+    """Glue a computed value into the prose with myst-nb, and show it in the cell's output.
+
+    The website renders ``{glue:text}`name``` inline; Jupyter Lab and Colab do not render
+    MyST roles, so the computing cell also prints ``name = value`` for readers there. The
+    site's builds (``make book``, ``make test``) set ``CLIPNOTES_SITE=1`` to keep pages clean.
+    """
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:      # numpy/torch scalars -> Python
         value = value.item()
+    if os.environ.get("CLIPNOTES_SITE") != "1":
+        print(f"{name} = {value:.4g}" if isinstance(value, float) else f"{name} = {value}")
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - Colab and plain Jupyter
@@ -87,3 +98,63 @@ def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".")
              "`make test`; the site was built from that execution.")
     (out / "book" / "runtimes.md").write_text(page.replace("```{nb-exec-table}\n```", table))
     return out
+
+
+#: Colab's notebook metadata: open on a GPU runtime (chapters choose ``paper`` there).
+COLAB_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
+
+
+def install_ref() -> str:
+    """The git ref Colab installs the package from: the release tag of this version."""
+    from . import __version__
+
+    return f"v{__version__}"
+
+
+def launch_cell(repo_url: str, ref: str, profile_field: bool = True) -> str:
+    """Every chapter's first code cell: Colab's form fields, and in Colab only the install of
+    the package at ``ref`` (the release the site was built from) and an optional Drive cache."""
+    lines = ["# Settings (a form in Colab)."]
+    if profile_field:
+        lines += ["# PROFILE: auto = paper on a GPU, mini elsewhere.", 'PROFILE = "auto"  # @param ["auto", "mini", "paper"]']
+    lines += ["# CACHE_ON_DRIVE: keep features and fine-tuning runs on Google Drive across resets.",
+              "CACHE_ON_DRIVE = False  # @param {type:\"boolean\"}",
+              "import sys",
+              'if "google.colab" in sys.modules:  # Colab only: install the book\'s helper package',
+              f'    %pip install -q "clipnotes @ git+{repo_url}@{ref}"',
+              "    if CACHE_ON_DRIVE:",
+              "        import os",
+              "        from google.colab import drive",
+              '        drive.mount("/content/drive")',
+              '        os.environ["CLIPNOTES_CACHE"] = "/content/drive/MyDrive/clipnotes-cache"']
+    return "\n".join(lines)
+
+
+def sync_notebooks(root: str | Path = ".") -> list[str]:
+    """Rewrite every chapter's first code cell and Colab metadata from the one source of where
+    the book lives (``_config.yml``'s repository, :func:`install_ref`); returns what changed."""
+    import yaml
+
+    root = Path(root)
+    url = yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"]
+    changed = []
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        settings = "".join(code[1]["source"])
+        field = 'book.setup("mini")' not in settings
+        text = launch_cell(url, install_ref(), field)
+        before = json.dumps(nb)
+        code[0]["source"] = _lines(text)
+        if field and "book.setup()" in settings:
+            code[1]["source"] = _lines(settings.replace("book.setup()", "book.setup(PROFILE)", 1))
+        nb["metadata"].update(COLAB_METADATA)
+        if json.dumps(nb) != before:
+            path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            changed.append(path.name)
+    return changed
+
+
+def _lines(text: str) -> list[str]:
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + [parts[-1]]

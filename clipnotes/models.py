@@ -217,6 +217,16 @@ def load_model(profile: Profile, frozen: bool = False) -> ClipBundle:
 
 
 # ----------------------------------------------------------------------------- text tower
+def _pool_takes_eos() -> bool:
+    import inspect
+
+    from open_clip.transformer import text_global_pool
+    return "eos_token_id" in inspect.signature(text_global_pool).parameters
+
+
+_POOL_TAKES_EOS = _pool_takes_eos()
+
+
 def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """``model.encode_text`` from token embeddings (N, L, W) instead of token ids (unit norm if ``normalize``).
 
@@ -235,6 +245,7 @@ def encode_token_embeddings(model, embeddings: torch.Tensor, tokens: torch.Tenso
     x = embeddings[:, :length].to(cast) + model.positional_embedding[:length].to(cast)
     x = model.transformer(x, attn_mask=mask)
     x = model.ln_final(x)
-    x = text_global_pool(x, tokens[:, :length], model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    eos = {"eos_token_id": getattr(model, "text_eos_id", None)} if _POOL_TAKES_EOS else {}   # open_clip ≥ 3.0
+    x = text_global_pool(x, tokens[:, :length], model.text_pool_type, **eos)
     x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
     return F.normalize(x, dim=-1) if normalize else x

@@ -17,6 +17,8 @@ import torch
 from .utils import ClipnotesError
 
 PROFILES = ("mini", "paper")
+#: What a chapter's settings may ask for: a profile, or ``"auto"`` (``paper`` on a CUDA GPU, else ``mini``).
+CHOICES = ("auto", *PROFILES)
 
 
 @dataclass(frozen=True)
@@ -66,16 +68,30 @@ def _env_int(name: str, default: int) -> int:
         raise ClipnotesError(f"{name}={raw!r} is not an integer; set it to e.g. 0") from None
 
 
+def resolve_profile_name(name: str | None = None) -> str:
+    """The profile a chapter runs: ``name``, else ``CLIPNOTES_PROFILE``, else ``mini``.
+
+    ``"auto"`` (the Colab form's default) defers to ``CLIPNOTES_PROFILE`` where it is set, and
+    otherwise picks ``paper`` on a machine with a CUDA GPU and ``mini`` elsewhere.
+    """
+    raw = (name or "").strip().lower()
+    if raw in ("", "auto"):
+        raw = (os.environ.get("CLIPNOTES_PROFILE") or raw or "mini").strip().lower()
+    if raw == "auto":
+        raw = "paper" if torch.cuda.is_available() else "mini"
+    if raw not in PROFILES:
+        raise ClipnotesError(f"unknown profile {raw!r}; choose one of {', '.join(CHOICES)} "
+                             "(argument or CLIPNOTES_PROFILE)")
+    return raw
+
+
 def get_profile(name: str | None = None, *, seed: int | None = None, download: bool | None = None,
                 check: bool = True) -> Profile:
-    """The settings of profile ``name`` (default: ``CLIPNOTES_PROFILE`` or ``"mini"``).
+    """The settings of profile ``name`` (see :func:`resolve_profile_name`; default ``mini``).
 
     ``check=False`` skips the hardware check (tests build `paper` settings on CPU).
     """
-    name = (name or os.environ.get("CLIPNOTES_PROFILE") or "mini").strip().lower()
-    if name not in PROFILES:
-        raise ClipnotesError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} "
-                             "(argument or CLIPNOTES_PROFILE)")
+    name = resolve_profile_name(name)
     seed = _env_int("CLIPNOTES_SEED", 0) if seed is None else int(seed)
     cache = Path(os.environ.get("CLIPNOTES_CACHE") or default_cache_dir()).expanduser()
     data = Path(os.environ.get("CLIPNOTES_DATA") or cache / "data").expanduser()
