@@ -20,12 +20,13 @@ export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export CLIPNOTES_SITE := 1                  # glued numbers render inline; no `name = value` lines
 
-.PHONY: help env book test unit nbval seeds book-strict site-strict bench pretrain-mini doctor clean
+.PHONY: help env book test unit nbval seeds book-strict site-strict times bench pretrain-mini doctor clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
 	@echo "make test   - set up .venv, unit tests, every notebook under nbval, the strict site built from that execution"
 	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 and 2 too (claims must not hang on one seed)"
+	@echo "make times  - every chapter cold (empty cache) and warm: seconds and slowest cells"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make doctor - check the installation"
 
@@ -75,6 +76,13 @@ site-strict: $(STAMP)
 seeds: $(STAMP)
 	@for s in 1 2; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
 	  CLIPNOTES_SEED=$$s $(NBVAL) || exit 1; done
+
+# Where the time goes: every chapter from an empty cache (cold), then again (warm).
+times: $(STAMP)
+	rm -rf _build/times
+	-CLIPNOTES_CACHE=$(CURDIR)/_build/times/cache CLIPNOTES_EXECUTED=$(CURDIR)/_build/times/cold $(NBVAL)
+	-CLIPNOTES_CACHE=$(CURDIR)/_build/times/cache CLIPNOTES_EXECUTED=$(CURDIR)/_build/times/warm $(NBVAL)
+	$(BIN)/python -m clipnotes times _build/times
 
 test: unit nbval site-strict
 	@echo "==> all tests passed"

@@ -104,6 +104,19 @@ def _sync_notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _times(args: argparse.Namespace) -> int:
+    import json
+
+    from .book import times_table
+
+    base = Path(args.dir)
+    cold, warm = (json.loads((base / part / "times.json").read_text()) for part in ("cold", "warm"))
+    table = times_table(cold, warm)
+    (base / "times.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipnotes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     a.set_defaults(func=_assemble_site)
     n = sub.add_parser("sync-notebooks", help="write every chapter's install cell and Colab metadata from _config.yml")
     n.set_defaults(func=_sync_notebooks)
+    t = sub.add_parser("times", help="the table of `make times`: every chapter cold and warm")
+    t.add_argument("dir", nargs="?", default="_build/times", help="holds cold/times.json and warm/times.json")
+    t.set_defaults(func=_times)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

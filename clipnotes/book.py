@@ -92,12 +92,25 @@ def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".")
     config["execute"] = dict(config.get("execute", {}), execute_notebooks="off")
     (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     times = json.loads((executed / "times.json").read_text())
-    rows = "\n".join(f"| {name} | {t['seconds']:.0f} s | {t['seed']} |" for name, t in sorted(times.items()))
     page = (root / "book" / "runtimes.md").read_text()
-    table = ("| chapter | seconds | seed |\n| --- | --- | --- |\n" + rows + "\n\nExecuted once, under nbval, by "
-             "`make test`; the site was built from that execution.")
+    table = times_table(times) + ("\n\nExecuted once, under nbval, by `make test`; the site was built from that "
+                                  "execution. *cold*: the run started from an empty cache, as on a fresh clone.")
     (out / "book" / "runtimes.md").write_text(page.replace("```{nb-exec-table}\n```", table))
     return out
+
+
+def times_table(times: dict[str, dict], warm: dict[str, dict] | None = None) -> str:
+    """A Markdown table of chapter run times from ``times.json`` (and a second, warm run's)."""
+    head = "| chapter | seconds | cache | seed | slowest cell |" + (" warm seconds |" if warm else "")
+    rows = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for name, t in sorted(times.items()):
+        slow = (t.get("slowest_cells") or [{}])[0]
+        cell = f"{slow['seconds']:.0f} s, code cell {slow['code_cell']}" if slow else ""
+        row = f"| {name} | {t['seconds']:.0f} | {t.get('cache', '')} | {t['seed']} | {cell} |"
+        if warm:
+            row += f" {warm[name]['seconds']:.0f} |" if name in warm else " |"
+        rows.append(row)
+    return "\n".join(rows)
 
 
 #: Colab's notebook metadata: open on a GPU runtime (chapters choose ``paper`` there).

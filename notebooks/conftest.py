@@ -2,7 +2,8 @@
 
 With ``CLIPNOTES_EXECUTED=DIR`` set (``make test`` and ``make book`` set it), every notebook
 nbval runs is written to ``DIR/notebooks/<name>.ipynb`` with the outputs its cells produced,
-and ``DIR/times.json`` records each chapter's wall time. A plain ``pytest --nbval`` writes
+and ``DIR/times.json`` records each chapter's wall time, its slowest cells, and whether
+the run started from an empty cache (cold) or not (warm). A plain ``pytest --nbval`` writes
 nothing. Files are written atomically.
 """
 from __future__ import annotations
@@ -19,6 +20,18 @@ _STARTED: dict[str, float] = {}
 _SECONDS: dict[str, float] = {}
 _FILES: dict[str, object] = {}
 _FAILED: dict[str, int] = {}
+_CELLS: dict[str, list[tuple[int, float, str]]] = {}
+_CACHE_STATE: list[str] = []
+
+
+def pytest_sessionstart(session):
+    """Note whether the run starts from an empty cache (cold) or reuses one (warm)."""
+    if _target() is None:
+        return
+    from clipnotes.profiles import default_cache_dir
+
+    cache = Path(os.environ.get("CLIPNOTES_CACHE") or default_cache_dir())
+    _CACHE_STATE.append("warm" if any((cache / d).exists() for d in ("features", "finetune")) else "cold")
 
 
 def _target() -> Path | None:
@@ -35,7 +48,10 @@ def pytest_runtest_call(item):
         return
     _STARTED.setdefault(name, time.time())
     _FILES[name] = nb
+    cell_started = time.time()
     outcome = yield
+    first_line = item.cell.source.strip().split("\n")[0][:70]
+    _CELLS.setdefault(name, []).append((len(_CELLS.get(name, [])), round(time.time() - cell_started, 1), first_line))
     count = _SECONDS.get(name + "#n", 0) + 1
     _SECONDS[name + "#n"] = count
     item.cell.outputs = list(item.test_outputs or [])
@@ -57,7 +73,10 @@ def pytest_sessionfinish(session):
         tmp = path.with_suffix(".ipynb.tmp")
         nbformat.write(nb_file.nb, str(tmp))
         os.replace(tmp, path)
+        slowest = sorted(_CELLS.get(name, []), key=lambda c: -c[1])[:3]
         times[Path(name).stem] = {"seconds": round(_SECONDS[name], 1), "failed_cells": _FAILED.get(name, 0),
+                                  "cache": _CACHE_STATE[0] if _CACHE_STATE else "unknown",
+                                  "slowest_cells": [{"code_cell": i, "seconds": t, "starts": src} for i, t, src in slowest],
                                   "seed": os.environ.get("CLIPNOTES_SEED", "0"),
                                   "profile": os.environ.get("CLIPNOTES_PROFILE", "mini")}
     tmp = times_path.with_suffix(".json.tmp")

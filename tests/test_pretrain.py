@@ -50,3 +50,16 @@ def test_shipped_card_names_the_config_key_of_its_run():
     from clipnotes.models import mini_card
     card = mini_card()
     assert PretrainConfig(**card["config"]).key == card["config_key"]
+
+
+def test_the_readme_quotes_the_card():
+    """The README's numbers about the shipped checkpoint are the card's, not typed from memory."""
+    from pathlib import Path
+
+    from clipnotes.models import mini_card
+    card, readme = mini_card(), (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    last = card["log"][-1]
+    assert f"{100 * last['zs_mean']:.1f} % single-prompt zero-shot" in readme
+    assert f"{100 * last['retrieval_r1']:.1f} % image→caption" in readme
+    assert f"**{card['minutes']:.0f} minutes on a 2-core CPU**" in readme
+    assert f"{card['config']['steps']:,} steps of {card['config']['batch_size']} pairs" in readme

@@ -62,4 +62,12 @@ def test_site_sources_come_from_the_executed_notebooks(tmp_path):
     assert config["execute"]["execute_notebooks"] == "off" and config["repository"] == CONFIG["repository"]
     assert json.loads((src / "notebooks" / f"{CHAPTERS[0]}.ipynb").read_text()) == {"marker": 1}
     page = (src / "book" / "runtimes.md").read_text()
-    assert "nb-exec-table" not in page and f"| {CHAPTERS[-1]} | 12 s | 0 |" in page
+    assert "nb-exec-table" not in page and f"| {CHAPTERS[-1]} | 12 |  | 0 |  |" in page
+
+
+def test_times_table_shows_cold_warm_and_the_slowest_cell():
+    from clipnotes.book import times_table
+    cold = {"05_wise_ft": {"seconds": 226.4, "cache": "cold", "seed": "0",
+                           "slowest_cells": [{"code_cell": 6, "seconds": 180.2, "starts": "run = ..."}]}}
+    table = times_table(cold, {"05_wise_ft": {"seconds": 35.0}})
+    assert table.splitlines()[2] == "| 05_wise_ft | 226 | cold | 0 | 180 s, code cell 6 | 35 |"
