@@ -37,7 +37,7 @@ def _doctor(args: argparse.Namespace) -> int:
     except ClipnotesError as e:
         ok = False
         line("PROBLEM", "profile", str(e))
-        prof = get_profile("mini")
+        prof = get_profile("mini", seed=0)
     cache = prof.cache_dir
     try:
         cache.mkdir(parents=True, exist_ok=True)

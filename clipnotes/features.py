@@ -32,6 +32,19 @@ class FeatureSet:
         return len(self.labels)
 
 
+def writable_dir(folder: Path) -> Path:
+    """``folder``, created if needed; a one-line error if it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ClipnotesError(f"cannot write the cache folder {folder} ({e.strerror}); set CLIPNOTES_CACHE to a "
+                             "writable folder") from None
+    return folder
+
+
 def cache_path(cache_dir: str | os.PathLike, key: str) -> Path:
     return Path(cache_dir) / "features" / f"{stable_hash(key)}.pt"
 
@@ -57,6 +70,8 @@ def encode_dataset(bundle: ClipBundle, dataset: ImageDataset, cache_dir: str | o
     if key in _MEMORY:
         return _MEMORY[key]
     path = cache_path(cache_dir, key) if cache_dir is not None else None
+    if path is not None:
+        writable_dir(path.parent)            # before encoding a whole dataset, not after
     if path is not None and path.exists():
         try:
             blob = load_torch(path, "feature cache")

@@ -90,7 +90,7 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
 def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str], templates: Sequence[str],
              cfg: FinetuneConfig, run_dir: str | Path | None = None, save_every: int = 50,
              stop_after: int | None = None, autocast: Callable | None = None, quiet: bool = False,
-             captions: Sequence[str] | None = None) -> FinetuneRun | None:
+             captions: Sequence[str] | None = None, fp16_scaler: bool = False) -> FinetuneRun | None:
     """Fine-tune from ``bundle``'s zero-shot classifier on ``train`` (chapters 5–7).
 
     ``templates`` build the heads; FLYP writes its training captions with ``captions``
@@ -98,6 +98,7 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
 
     With ``run_dir`` the run is resumable and its result is reused: a finished run is loaded,
     not retrained. ``stop_after`` stops after that many steps of this call (returns None).
+    ``fp16_scaler``: scale the loss as fp16 autocast needs (``profile.fp16_scaler``).
     """
     if len(train) == 0:
         raise ClipnotesError("the training set is empty")
@@ -109,12 +110,15 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
     loss_fn = build_loss(cfg, bundle, start, train, classnames, templates, list(captions or templates), autocast)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16_scaler)
     labels_all = np.asarray(train.labels)
     step, log, spent = 0, [], 0.0
     state_path = Path(run_dir) / "state.pt" if run_dir else None
     if state_path is not None and state_path.exists():
         state = load_torch(state_path, "fine-tuning state")
         model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, spent = int(state["step"]), float(state["seconds"])
         log = [dict(zip(state["log_keys"], row.tolist())) for row in state["log"]]
     t0 = time.time() - spent
@@ -130,10 +134,12 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
         with ac():
             loss, acc = loss_fn(model, x, y, idx, step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()            # without fp16: the plain loss.backward()
         if cfg.grad_clip:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         step, done_here = step + 1, done_here + 1
         log.append({"step": step, "loss": loss.item(), "train_acc": acc, "lr": lr, "seconds": time.time() - t0})
         bar.update(1)
@@ -141,7 +147,7 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
         if state_path is not None and (step % save_every == 0 or step == cfg.steps):
             keys = list(log[0])
-            save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+            save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
                         "seconds": time.time() - t0, "log_keys": keys,
                         "log": torch.tensor([[e[k] for k in keys] for e in log], dtype=torch.float64)}, state_path)
         if stop_after is not None and done_here >= stop_after:
@@ -199,4 +205,5 @@ def run_finetune(profile: Profile, bundle: ClipBundle, bench: Benchmark, cfg: Fi
     captions = bench.captions                # FLYP's captions, where they differ from the templates
     key = run_key(bundle, bench.train, bench.classnames, bench.templates, cfg, captions)
     return finetune(bundle, bench.train, bench.classnames, bench.templates, cfg, captions=captions,
-                    run_dir=Path(profile.cache_dir) / "finetune" / key, autocast=profile.autocast, quiet=quiet)
+                    run_dir=Path(profile.cache_dir) / "finetune" / key, autocast=profile.autocast, quiet=quiet,
+                    fp16_scaler=profile.fp16_scaler)

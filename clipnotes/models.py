@@ -199,8 +199,14 @@ def create_paper(model_name: str, pretrained: str | None = "openai", device: str
     path = None
     if pretrained is not None:
         path = paper_weights(model_name, pretrained, Path(cache_dir or "."), download)
-    with _quiet_open_clip():
-        model = open_clip.create_model(model_name, pretrained=path, device=device)
+    try:
+        with _quiet_open_clip():
+            model = open_clip.create_model(model_name, pretrained=path, device=device)
+    except Exception as e:  # noqa: BLE001 - torch and pickle raise many kinds for a bad file
+        if path is None:
+            raise
+        raise ClipnotesError(f"the {model_name}/{pretrained} weights at {path} are corrupt or not this model's "
+                             f"({type(e).__name__}); delete the file and download it again") from None
     model.eval()
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp["size"] if isinstance(pp["size"], int) else pp["size"][0]

@@ -49,8 +49,19 @@ class Profile:
         return torch.autocast("cuda", dtype=self.autocast_dtype, enabled=enabled) if enabled \
             else torch.autocast("cpu", enabled=False)
 
+    @property
+    def fp16_scaler(self) -> bool:
+        """Whether training needs a gradient scaler (fp16 autocast on CUDA; bf16 does not)."""
+        return self.device.startswith("cuda") and self.precision == "fp16"
+
     def with_seed(self, seed: int) -> "Profile":
         return replace(self, seed=int(seed))
+
+
+def native_bf16() -> bool:
+    """Whether the GPU computes in bfloat16 natively (Ampere and later). ``is_bf16_supported()``
+    also answers True on a T4 (Colab's free GPU), where bf16 is emulated and slow: fp16 there."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def default_cache_dir() -> Path:
@@ -104,7 +115,7 @@ def get_profile(name: str | None = None, *, seed: int | None = None, download: b
     if check and not torch.cuda.is_available():
         raise ClipnotesError("profile 'paper' needs a CUDA GPU and none was found; use profile 'mini' "
                              "or open the chapter in Colab with a GPU runtime")
-    precision = "bf16" if (not check or torch.cuda.is_bf16_supported()) else "fp16"
+    precision = "bf16" if (not check or native_bf16()) else "fp16"
     return Profile("paper", seed, "cuda", precision, "ViT-B-32-quickgelu", "openai", "ViT-B-16-quickgelu",
                    cache, data, download, eval_batch_size=512, train_batch_size=256,
                    n_test_per_domain=0)

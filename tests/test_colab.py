@@ -89,3 +89,15 @@ def test_glued_numbers_are_printed_where_myst_is_not_rendered(monkeypatch, capsy
     monkeypatch.setenv("CLIPNOTES_SITE", "1")                     # the website renders them inline instead
     book.glue("gain", 0.5)
     assert capsys.readouterr().out == ""
+
+
+def test_a_t4_trains_in_fp16_with_a_scaler_and_ampere_in_bf16(monkeypatch):
+    """Colab's T4 emulates bf16 (slowly) though is_bf16_supported() says yes: fp16 + GradScaler there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    t4 = get_profile("paper")
+    assert t4.precision == "fp16" and t4.fp16_scaler
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    a100 = get_profile("paper")
+    assert a100.precision == "bf16" and not a100.fp16_scaler and not get_profile("mini").fp16_scaler

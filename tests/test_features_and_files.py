@@ -105,3 +105,23 @@ def test_glue_turns_numpy_scalars_into_python_numbers(monkeypatch):
     book.glue("x", np.float64(0.25))
     book.glue("t", torch.tensor(3))
     assert type(seen["x"]) is float and seen["x"] == 0.25 and seen["t"] == 3
+
+
+def test_an_unwritable_cache_is_one_line_before_any_encoding(tmp_path, monkeypatch):
+    from clipnotes.utils import ClipnotesError
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    calls = []
+    b = create_mini("shipped")
+    monkeypatch.setattr(b, "encode_images", lambda *a, **k: calls.append(1))
+    with pytest.raises(ClipnotesError, match="set CLIPNOTES_CACHE"):
+        FE.encode_dataset(b, W.World(0).dataset("test", 8), cache_dir=blocked / "cache")
+    assert calls == []
+
+
+def test_doctor_survives_a_bad_seed(monkeypatch, capsys):
+    from clipnotes.__main__ import main
+    monkeypatch.setenv("CLIPNOTES_SEED", "abc")
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "CLIPNOTES_SEED='abc' is not an integer" in out and "mini checkpoint" in out

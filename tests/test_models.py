@@ -149,3 +149,12 @@ def test_template_ensembles_and_forward_selection():
     assert torch.allclose(probs.sum(1), torch.ones(60)) and probs.shape == (60, 3)
     with pytest.raises(ClipnotesError, match="at least one"):
         ensemble_of_heads([])
+
+
+def test_corrupt_paper_weights_are_one_line(tmp_path, monkeypatch):
+    from clipnotes import models
+    bad = tmp_path / "open_clip_pytorch_model.bin"
+    bad.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(models, "paper_weights", lambda *a, **k: str(bad))
+    with pytest.raises(ClipnotesError, match="corrupt or not this model's"):
+        create_paper("ViT-B-32-quickgelu", "openai")
