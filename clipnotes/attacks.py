@@ -20,6 +20,7 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 def cw_margin(logits: torch.Tensor, labels: torch.Tensor, confidence: float = 50.0) -> torch.Tensor:
     """Carlini–Wagner margin to maximise: best wrong logit minus true logit, capped at ``confidence``."""
+    labels = labels.to(logits.device)
     true = logits.gather(1, labels[:, None])[:, 0]
     other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).max(1).values
     return (other - true).clamp(max=confidence).sum()
@@ -28,7 +29,8 @@ def cw_margin(logits: torch.Tensor, labels: torch.Tensor, confidence: float = 50
 def fgsm(classify: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float = 0.031) -> torch.Tensor:
     """One signed-gradient step of size ε on the cross-entropy."""
     x = x.detach().clone().requires_grad_(True)
-    loss = F.cross_entropy(classify(x), y)
+    out = classify(x)
+    loss = F.cross_entropy(out, y.to(out.device))
     (grad,) = torch.autograd.grad(loss, x)
     return _project(x + eps * grad.sign(), x.detach(), eps).detach()
 
@@ -46,7 +48,7 @@ def pgd(classify: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float = 0.0
     for _ in range(steps):
         x_adv.requires_grad_(True)
         out = classify(x_adv)
-        obj = F.cross_entropy(out, y) if loss == "ce" else cw_margin(out, y)
+        obj = F.cross_entropy(out, y.to(out.device)) if loss == "ce" else cw_margin(out, y)
         (grad,) = torch.autograd.grad(obj, x_adv)
         x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
     return x_adv.detach()
@@ -66,5 +68,5 @@ def robust_accuracy(classify: Classifier, x: torch.Tensor, y: torch.Tensor, atta
         elif attack != "none":
             raise ValueError(f"unknown attack {attack!r}")
         with torch.no_grad():
-            correct += int((classify(xb).argmax(1) == yb).sum())
+            correct += int((classify(xb).argmax(1).cpu() == yb.cpu()).sum())
     return correct / len(x)

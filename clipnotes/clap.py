@@ -248,7 +248,8 @@ def adapt(net: ResMLP | None, features: torch.Tensor, alpha: float) -> torch.Ten
     if net is None:
         return F.normalize(features.float(), dim=-1)
     with torch.no_grad():
-        return F.normalize(net(features.float().to(next(net.parameters()).device), alpha), dim=-1)
+        out = net(features.float().to(next(net.parameters()).device), alpha)
+        return F.normalize(out, dim=-1).to(features.device)            # where the features came from
 
 
 # ----------------------------------------------------------------------------- evaluation

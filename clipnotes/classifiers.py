@@ -74,4 +74,5 @@ def zero_shot_classifier(bundle: ClipBundle, classnames: Sequence[str], template
     if loss == "flyp":
         return ClipClassifier(copy.deepcopy(bundle.model), bundle.tokenizer, classnames, templates)
     head = zero_shot_head(bundle, classnames, templates)
-    return ZeroShotClassifier(copy.deepcopy(bundle.model.visual), head, bundle.model.logit_scale.exp().item())
+    return ZeroShotClassifier(copy.deepcopy(bundle.model.visual), head,
+                              bundle.model.logit_scale.exp().item()).to(bundle.device)

@@ -31,7 +31,7 @@ def interpolate_state_dicts(theta0: Mapping[str, torch.Tensor], theta1: Mapping[
         if a.shape != b.shape:
             raise ClipnotesError(f"cannot interpolate: {k} has shape {tuple(a.shape)} vs {tuple(b.shape)}")
         if a.is_floating_point():
-            out[k] = (1 - alpha) * a + alpha * b.to(a.dtype)
+            out[k] = (1 - alpha) * a + alpha * b.to(a.device, a.dtype)
         else:                                      # integer buffers (e.g. counters) are not averaged
             out[k] = (a if alpha < 0.5 else b).clone()
     return out
