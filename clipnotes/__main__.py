@@ -1,4 +1,4 @@
-"""The clipnotes command line: ``python -m clipnotes {doctor,pretrain-mini,assemble-site,sync-notebooks}``."""
+"""The clipnotes command line: ``python -m clipnotes {doctor,pretrain-mini,download,assemble-site,sync-notebooks}``."""
 from __future__ import annotations
 
 import argparse
@@ -117,6 +117,18 @@ def _times(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from .download import fetch_need, needs
+    from .profiles import get_profile
+
+    prof = get_profile("paper", check=False, download=True)
+    items = needs(args.chapters)
+    print(f"paper data for chapter(s) {' '.join(args.chapters) or 'all'} into {prof.data_dir}: {', '.join(items)}")
+    lines = [fetch_need(item, prof) for item in items]
+    print("\n".join(lines))
+    return 0 if all(line.startswith("ok") for line in lines) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipnotes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("times", help="the table of `make times`: every chapter cold and warm")
     t.add_argument("dir", nargs="?", default="_build/times", help="holds cold/times.json and warm/times.json")
     t.set_defaults(func=_times)
+    dl = sub.add_parser("download", help="fetch the paper profile's datasets and weights (offline first)")
+    dl.add_argument("chapters", nargs="*", help="chapter numbers (e.g. 5 6) or 'all' (default)")
+    dl.set_defaults(func=_download)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

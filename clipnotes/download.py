@@ -148,3 +148,76 @@ def download(remotes: Sequence[Remote], data_dir: str | os.PathLike, quiet: bool
               + (f", about {known / 2**20:,.0f} MiB" if known else ""))
     return [fetch(r, data_dir, quiet=quiet) for r in remotes]
 
+
+
+# ----------------------------------------------------------------------------- what `paper` needs
+#: Files fetched here. Neither reproduction publishes a checksum: the first download's is recorded.
+CIFAR10_SHIFT_FILES: tuple[Remote, ...] = (
+    Remote("https://raw.githubusercontent.com/modestyachts/CIFAR-10.1/master/datasets/cifar10.1_v6_data.npy",
+           "CIFAR-10.1/cifar10.1_v6_data.npy", 6_144_128, None, "github.com/modestyachts/CIFAR-10.1 (datasets/)"),
+    Remote("https://raw.githubusercontent.com/modestyachts/CIFAR-10.1/master/datasets/cifar10.1_v6_labels.npy",
+           "CIFAR-10.1/cifar10.1_v6_labels.npy", 16_128, None, "github.com/modestyachts/CIFAR-10.1 (datasets/)"),
+    Remote("https://github.com/modestyachts/cifar-10.2/raw/master/cifar102_test.npy",
+           "CIFAR-10.2/cifar102_test.npy", None, None, "github.com/modestyachts/cifar-10.2"),
+)
+
+#: What each chapter's `paper` path reads: datasets (by loader) and open_clip weights.
+CHAPTER_NEEDS: dict[str, tuple[str, ...]] = {
+    "01": ("weights:ViT-B-32-quickgelu",),
+    "02": ("cifar10", "cifar100", "weights:ViT-B-32-quickgelu"),
+    "03": ("cifar10", "cifar100", "weights:ViT-B-32-quickgelu"),
+    "04": ("eurosat", "coop-split:EuroSAT", "weights:ViT-B-16-quickgelu"),
+    "05": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
+    "06": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
+    "07": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
+    "08": ("pacs", "weights:ViT-B-16-quickgelu"),
+}
+
+#: Hosted where a plain HTTP client cannot fetch them (Google Drive): the command says where.
+BY_HAND = {
+    "coop-split": "CoOp's split file {name}: the link in github.com/KaiyangZhou/CoOp DATASETS.md; put "
+                  "split_zhou_{name}.json beside the images ({folder})",
+    "pacs": "PACS: the link in DomainBed's domainbed/scripts/download.py (github.com/facebookresearch/DomainBed); "
+            "extract it so that {folder}/<domain>/<class>/ holds the images",
+}
+
+
+def needs(chapters: Sequence[str]) -> list[str]:
+    """The datasets and weights the `paper` path of ``chapters`` (``"all"`` or numbers) reads."""
+    chosen = sorted(CHAPTER_NEEDS) if not chapters or "all" in chapters else [c.zfill(2)[:2] for c in chapters]
+    unknown = [c for c in chosen if c not in CHAPTER_NEEDS]
+    if unknown:
+        raise ClipnotesError(f"no chapter {', '.join(unknown)}; use chapter numbers {', '.join(CHAPTER_NEEDS)} or 'all'")
+    return list(dict.fromkeys(item for c in chosen for item in CHAPTER_NEEDS[c]))
+
+
+def fetch_need(item: str, profile, quiet: bool = False) -> str:
+    """Get one need into ``profile.data_dir`` (or open_clip's cache); returns a line for the report."""
+    from torchvision import datasets as tv
+
+    from . import data
+    root = Path(profile.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    kind, _, name = item.partition(":")
+    if kind == "weights":
+        from .models import paper_weights
+        return f"ok      {name} weights: {paper_weights(name, 'openai', Path(profile.cache_dir), download=True)}"
+    if kind in ("cifar10", "cifar100"):            # torchvision checks its archive's published md5
+        (tv.CIFAR10 if kind == "cifar10" else tv.CIFAR100)(str(root), train=True, download=True)
+        return f"ok      {kind} (torchvision, md5 checked) in {root}"
+    if kind == "cifar10-shifts":
+        paths = download(CIFAR10_SHIFT_FILES, root, quiet=quiet)
+        return f"ok      CIFAR-10.1 and CIFAR-10.2 (sha256 recorded in {_record_file(root)}): {paths[0].parent.parent}"
+    if kind == "eurosat":                           # torchvision's copy, md5 checked, lands in eurosat/2750
+        tv.EuroSAT(str(root), download=True)
+        return f"ok      EuroSAT (torchvision, md5 checked) in {root / 'eurosat'}"
+    if kind == "coop-split":
+        folder, _, split_file = data.COOP_DATASETS[name]
+        if (root / folder / split_file).exists():
+            return f"ok      {split_file} in {root / folder}"
+        return "by hand " + BY_HAND["coop-split"].format(name=name, folder=root / folder)
+    if kind == "pacs":
+        if (root / "PACS").is_dir():
+            return f"ok      PACS in {root / 'PACS'}"
+        return "by hand " + BY_HAND["pacs"].format(folder=root / "PACS")
+    raise ClipnotesError(f"unknown download item {item!r}")

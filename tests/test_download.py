@@ -89,3 +89,49 @@ def test_a_missing_host_and_a_full_disk_are_one_line(server, tmp_path, monkeypat
     with pytest.raises(ClipnotesError, match="not enough disk space"):
         DL.fetch(DL.Remote(f"{server}/data.bin", "z.bin", size=len(PAYLOAD)), tmp_path, quiet=True)
     assert not (tmp_path / "z.bin").exists()
+
+
+def test_chapter_needs_and_files_that_must_be_fetched_by_hand(tmp_path):
+    from clipnotes.profiles import get_profile
+    assert DL.needs(["5"]) == ["cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"]
+    assert "pacs" in DL.needs(["all"]) and DL.needs([]) == DL.needs(["all"])
+    with pytest.raises(ClipnotesError, match="no chapter 42"):
+        DL.needs(["42"])
+    prof = get_profile("paper", check=False).__class__(**{**get_profile("paper", check=False).__dict__,
+                                                        "data_dir": tmp_path})
+    assert DL.fetch_need("pacs", prof).startswith("by hand PACS")
+    assert "DATASETS.md" in DL.fetch_need("coop-split:EuroSAT", prof)
+
+
+def test_the_cifar10_shifts_arrive_in_the_layout_the_loader_reads(server, tmp_path, monkeypatch):
+    """The real chain on fake files: served over loopback, fetched, then read by data.cifar10_shift."""
+
+    import numpy as np
+
+    from clipnotes import data
+    from clipnotes.fakes import write_fake_cifar10_shifts
+    write_fake_cifar10_shifts(tmp_path / "src", n=5)
+    files = {f"/{p.relative_to(tmp_path / 'src')}": p.read_bytes() for p in (tmp_path / "src").rglob("*.npy")}
+
+    class Files(_Handler):
+        def do_GET(self):
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    remotes = tuple(DL.Remote(f"{base}/{r.path}", r.path) for r in DL.CIFAR10_SHIFT_FILES)
+    monkeypatch.setattr(DL, "CIFAR10_SHIFT_FILES", remotes)
+    DL.download(DL.CIFAR10_SHIFT_FILES, tmp_path / "data", quiet=True)
+    httpd.shutdown()
+    for name in ("cifar10.1", "cifar10.2"):
+        ds = data.cifar10_shift(name, tmp_path / "data")
+        assert len(ds) == 5 and ds.images(np.arange(2)).shape == (2, 3, 32, 32)
+    assert len(DL._recorded(tmp_path / "data")) == 3
