@@ -151,14 +151,21 @@ def download(remotes: Sequence[Remote], data_dir: str | os.PathLike, quiet: bool
 
 
 # ----------------------------------------------------------------------------- what `paper` needs
-#: Files fetched here. Neither reproduction publishes a checksum: the first download's is recorded.
+#: Files fetched here. CIFAR-10.1's checksums are TensorFlow Datasets' (url_checksums/cifar10_1.txt);
+#: CIFAR-10.2 publishes none (its .npy files were replaced by .npz in 2021, so the URL pins the
+#: commit that still has them) and the first download's sha256 is recorded.
 CIFAR10_SHIFT_FILES: tuple[Remote, ...] = (
-    Remote("https://raw.githubusercontent.com/modestyachts/CIFAR-10.1/master/datasets/cifar10.1_v6_data.npy",
-           "CIFAR-10.1/cifar10.1_v6_data.npy", 6_144_128, None, "github.com/modestyachts/CIFAR-10.1 (datasets/)"),
-    Remote("https://raw.githubusercontent.com/modestyachts/CIFAR-10.1/master/datasets/cifar10.1_v6_labels.npy",
-           "CIFAR-10.1/cifar10.1_v6_labels.npy", 16_128, None, "github.com/modestyachts/CIFAR-10.1 (datasets/)"),
-    Remote("https://github.com/modestyachts/cifar-10.2/raw/master/cifar102_test.npy",
-           "CIFAR-10.2/cifar102_test.npy", None, None, "github.com/modestyachts/cifar-10.2"),
+    Remote("https://github.com/modestyachts/CIFAR-10.1/raw/master/datasets/cifar10.1_v6_data.npy",
+           "CIFAR-10.1/cifar10.1_v6_data.npy", 6_144_128,
+           "2997188e5816f5bd545dc77771b6227828c28146049fcecf3fa10775474cacc6",
+           "github.com/modestyachts/CIFAR-10.1; sha256: tensorflow/datasets url_checksums/cifar10_1.txt"),
+    Remote("https://github.com/modestyachts/CIFAR-10.1/raw/master/datasets/cifar10.1_v6_labels.npy",
+           "CIFAR-10.1/cifar10.1_v6_labels.npy", 8_128,
+           "ae40beda001693674edc94d925ee8268cfe68905f8f9aff800c8dcdfcd6c9448",
+           "github.com/modestyachts/CIFAR-10.1; sha256: tensorflow/datasets url_checksums/cifar10_1.txt"),
+    Remote("https://github.com/modestyachts/cifar-10.2/raw/61b0e3ac09809a2351379fb54331668cc9c975c4/cifar102_test.npy",
+           "CIFAR-10.2/cifar102_test.npy", None, None,
+           "github.com/modestyachts/cifar-10.2 at 61b0e3a (before the switch to .npz); no published checksum"),
 )
 
 #: What each chapter's `paper` path reads: datasets (by loader) and open_clip weights.

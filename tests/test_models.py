@@ -35,7 +35,7 @@ def test_profiles(monkeypatch):
     monkeypatch.setenv("CLIPNOTES_SEED", "3")
     p = get_profile()
     assert p.name == "mini" and p.seed == 3 and p.device == "cpu"
-    with pytest.raises(ClipnotesError, match="unknown profile 'huge'; choose one of mini, paper"):
+    with pytest.raises(ClipnotesError, match="unknown profile 'huge'; choose one of auto, mini, paper"):
         get_profile("huge")
     monkeypatch.setenv("CLIPNOTES_SEED", "x")
     with pytest.raises(ClipnotesError, match="CLIPNOTES_SEED"):
