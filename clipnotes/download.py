@@ -124,7 +124,7 @@ def fetch(remote: Remote, data_dir: str | os.PathLike, timeout: float = 30.0, qu
             raise ClipnotesError(f"the disk filled up while writing {part}; free some space and rerun "
                                  "to resume") from None
         raise
-    digest, expected = sha256_file(part), remote.sha256 or _recorded(data_dir).get(remote.path)
+    digest, expected = sha256_file(part), expected_sha256(remote, data_dir)
     if expected is not None and digest != expected:
         part.unlink()
         raise ClipnotesError(f"{final.name} from {host} failed its sha256 check (got {digest[:12]}…, expected "

@@ -51,11 +51,10 @@ def pytest_runtest_call(item):
     cell_started = time.time()
     outcome = yield
     first_line = item.cell.source.strip().split("\n")[0][:70]
-    _CELLS.setdefault(name, []).append((len(_CELLS.get(name, [])), round(time.time() - cell_started, 1), first_line))
-    count = _SECONDS.get(name + "#n", 0) + 1
-    _SECONDS[name + "#n"] = count
+    cells = _CELLS.setdefault(name, [])
+    cells.append((len(cells), round(time.time() - cell_started, 1), first_line))
     item.cell.outputs = list(item.test_outputs or [])
-    item.cell.execution_count = count
+    item.cell.execution_count = len(cells)
     _SECONDS[name] = time.time() - _STARTED[name]
     if outcome.excinfo is not None:
         _FAILED[name] = _FAILED.get(name, 0) + 1
