@@ -31,8 +31,12 @@ class ZeroShotClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(x), dim=-1)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from L2-normalised features: ``forward(x) == classify(features(x))``."""
+        return self.head(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.classify(self.features(x))
 
 
 class ClipClassifier(nn.Module):
@@ -64,8 +68,12 @@ class ClipClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(x), dim=-1)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from L2-normalised features: ``forward(x) == classify(features(x))``."""
+        return self.clip.logit_scale.exp() * features @ self.head()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.clip.logit_scale.exp() * self.features(x) @ self.head()
+        return self.classify(self.features(x))
 
 
 def zero_shot_classifier(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str],

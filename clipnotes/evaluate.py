@@ -2,6 +2,7 @@
 evaluation sets kept in memory for sweeps over models (chapters 1–8)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -10,7 +11,7 @@ from torch import nn
 
 from .data import ImageDataset
 from .models import ClipBundle
-from .utils import no_autocast, stable_hash
+from .utils import code_fingerprint, load_torch, no_autocast, save_torch, stable_hash, weights_digest
 
 def logits(features: torch.Tensor, head: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Scaled cosine similarities, (N, C); ``features`` must be L2-normalised."""
@@ -99,33 +100,83 @@ def frozen_features(model: nn.Module, dataset: ImageDataset, preprocess: Callabl
 
 
 class EvalSets:
-    """Evaluation datasets, preprocessed once and kept in memory (an α sweep reuses them)."""
+    """Evaluation datasets, preprocessed once and kept in memory (an α sweep reuses them).
 
-    def __init__(self, bundle: ClipBundle, datasets: Mapping[str, ImageDataset], batch_size: int = 500):
+    Each distinct model is evaluated once: its predictions and features are keyed by a digest
+    of its weights, kept in memory and, with ``cache_dir``, on disk, so a chapter that asks
+    again for a model another chapter (or another α of a sweep) already evaluated reads the
+    answer instead of running the encoder. The computation is ``model.classify(model.features(x))``,
+    which is the model's ``forward``: the same numbers as evaluating it directly.
+    """
+
+    def __init__(self, bundle: ClipBundle, datasets: Mapping[str, ImageDataset], batch_size: int = 500,
+                 cache_dir: str | Path | None = None):
         self.batch_size = batch_size
         self.data = {}
         for name, ds in datasets.items():
             batches = list(ds.batches(batch_size))
             self.data[name] = ([x for x, _ in batches], [y for _, y in batches])
+        self.labels = {name: torch.cat(ys) for name, (_, ys) in self.data.items()}
         self.preprocess = bundle.preprocess
         self.device = bundle.device
         self.key = stable_hash(list(datasets), [ds.cache_key for ds in datasets.values()], bundle.key)
+        self._code = code_fingerprint(), code_fingerprint("classifiers.py", "evaluate.py")
+        self.cache_dir = Path(cache_dir) / "evals" if cache_dir is not None else None
+        self._memo: dict[str, dict] = {}
+
+    def _model_key(self, model: nn.Module, autocast: Callable | None) -> str:
+        with (autocast or no_autocast)():
+            precision = [(d, torch.is_autocast_enabled(d), str(torch.get_autocast_dtype(d))) for d in ("cpu", "cuda")]
+        return stable_hash(self.key, type(model).__qualname__, weights_digest(model), precision,
+                           getattr(model, "classnames", None), getattr(model, "templates", None), self._code)
+
+    @torch.no_grad()
+    def _outputs(self, model: nn.Module, autocast: Callable | None, want_features: bool) -> dict:
+        """``{"pred": {set: labels}, "features": {set: features} (if kept)}`` for one model."""
+        key = self._model_key(model, autocast)
+        hit = self._memo.get(key)
+        if hit is not None and (hit.get("features") is not None or not want_features):
+            return hit
+        path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
+        if path is not None and path.exists():
+            hit = load_torch(path, "evaluation cache")
+            if hit.get("features") is not None or not want_features:
+                self._memo[key] = hit
+                return hit
+        model.eval()
+        ac = autocast or no_autocast
+        preds, feats = {}, {}
+        for name, (chunks, _) in self.data.items():
+            p, f = [], []
+            for x in chunks:
+                with ac():
+                    z = model.features(self.preprocess(x.to(self.device)))
+                    p.append(model.classify(z).argmax(1).cpu())
+                f.append(z.float().cpu())
+            preds[name], feats[name] = torch.cat(p), torch.cat(f)
+        out = {"pred": preds, "features": feats}
+        if path is not None:
+            save_torch(out if want_features else {"pred": preds, "features": None}, path)
+        if len(self._memo) >= 8:                           # keep a few models' features in memory
+            self._memo.pop(next(iter(self._memo)))
+        self._memo[key] = out
+        return out
+
+    def predictions(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, torch.Tensor]:
+        """``{set: predicted labels}`` of a classifier (``forward``'s argmax), evaluated once per weights."""
+        return self._outputs(model, autocast, want_features=False)["pred"]
 
     def features(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{set: (L2-normalised image features, labels)}`` of a classifier's image encoder."""
-        return {name: (_encode(model, chunks, self.preprocess, autocast), torch.cat(labels))
-                for name, (chunks, labels) in self.data.items()}
+        feats = self._outputs(model, autocast, want_features=True)["features"]
+        return {name: (feats[name], self.labels[name]) for name in self.data}
 
-    @torch.no_grad()
+    def correct(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, np.ndarray]:
+        """``{set: per-image 1/0}`` — what :func:`clipnotes.stats.paired_gap` compares."""
+        return {name: (pred == self.labels[name]).numpy().astype(float)
+                for name, pred in self.predictions(model, autocast).items()}
+
     def accuracy(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, float]:
-        model.eval()
-        ac = autocast or no_autocast
-        out = {}
-        for name, (chunks, labels) in self.data.items():
-            correct = 0
-            for x, y in zip(chunks, labels):
-                with ac():
-                    pred = model(self.preprocess(x.to(self.device))).argmax(1).cpu()
-                correct += int((pred == y).sum())
-            out[name] = correct / sum(len(y) for y in labels)
-        return out
+        """``{set: top-1 accuracy}`` of a classifier."""
+        return {name: int((pred == self.labels[name]).sum()) / len(pred)
+                for name, pred in self.predictions(model, autocast).items()}

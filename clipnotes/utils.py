@@ -102,6 +102,16 @@ def stable_hash(*parts: Any, n: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of a module's state (names, dtypes, shapes, bytes): equal weights, equal digest."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def code_fingerprint(*modules: str) -> str:
     """A digest of clipnotes source files, for cache keys (paths relative to the package).
 

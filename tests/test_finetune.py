@@ -196,3 +196,35 @@ def test_frozen_features_are_the_start_models_features(bundle, train):
     with torch.no_grad():
         direct = start.features(bundle.preprocess(train.images(slice(0, 8))))
     assert cached.shape == (len(train), direct.shape[1]) and torch.allclose(cached[:8], direct, atol=1e-5)
+
+
+def test_eval_sets_evaluate_each_weights_once(bundle, tmp_path):
+    """EvalSets (chapters 5–7): a model whose weights were evaluated before is not run again — in
+    memory, or from disk in a new EvalSets — and its answer equals evaluating the model directly."""
+    from clipnotes.classifiers import zero_shot_classifier
+    from clipnotes.evaluate import EvalSets
+    from clipnotes.wise import wise
+    data = {"ID": W.World(0).dataset("evalsets-cache-unit", 24)}
+    model = zero_shot_classifier(bundle, NAMES, TEMPLATES)
+    calls = []
+    forward = model.visual.forward
+    model.visual.forward = lambda x: calls.append(len(x)) or forward(x)
+    with torch.no_grad():
+        direct = torch.cat([model(bundle.preprocess(x)).argmax(1) for x, _ in data["ID"].batches(10)])
+    evals = EvalSets(bundle, data, batch_size=10, cache_dir=tmp_path)
+    calls.clear()
+    acc = evals.accuracy(model)
+    assert acc["ID"] == (direct == evals.labels["ID"]).sum().item() / 24
+    n = len(calls)
+    assert n == 3                                            # 24 images in batches of 10
+    assert evals.accuracy(model) == acc and len(calls) == n  # memory
+    fresh = EvalSets(bundle, data, batch_size=10, cache_dir=tmp_path)
+    assert fresh.accuracy(model) == acc and len(calls) == n  # disk
+    # α = 0 of a WiSE mixture has θ₀'s weights exactly: the same entry
+    other = zero_shot_classifier(bundle, NAMES, TEMPLATES[:1])
+    mixed = wise(model, other, 0.0)
+    assert fresh._model_key(mixed, None) == fresh._model_key(model, None)
+    assert fresh._model_key(wise(model, other, 0.5), None) != fresh._model_key(model, None)
+    feats, labels = fresh.features(model)["ID"]               # features were not kept: computed now
+    assert len(calls) == n + 3 and feats.shape[0] == 24 and torch.equal(labels, evals.labels["ID"])
+    assert torch.allclose(feats.norm(dim=-1), torch.ones(24), atol=1e-5)
