@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,9 +41,14 @@ def context_logits(features: torch.Tensor, directions: torch.Tensor, scale: floa
     return scale * features.float() @ directions.to(features.device).float().T
 
 
-def domain_read_accuracy(ctx_logits: torch.Tensor, ctx_domains: Sequence[str], true_domain: str) -> float:
-    """How often the domain with the most context probability mass is the image's true domain."""
+def domain_read(ctx_logits: torch.Tensor, ctx_domains: Sequence[str], true_domain: str) -> np.ndarray:
+    """Per image, 1 where the domain with the most context probability mass is its true domain."""
     names = sorted(set(ctx_domains))
     member = torch.tensor([[d == n for d in ctx_domains] for n in names], dtype=torch.float32)   # (M, K)
-    mass = ctx_logits.softmax(-1) @ member.T                                                     # (N, M)
-    return float((mass.argmax(1) == names.index(true_domain)).float().mean())
+    mass = ctx_logits.softmax(-1) @ member.to(ctx_logits.device).T                              # (N, M)
+    return (mass.argmax(1) == names.index(true_domain)).cpu().numpy().astype(float)
+
+
+def domain_read_accuracy(ctx_logits: torch.Tensor, ctx_domains: Sequence[str], true_domain: str) -> float:
+    """How often the domain with the most context probability mass is the image's true domain."""
+    return float(domain_read(ctx_logits, ctx_domains, true_domain).mean())

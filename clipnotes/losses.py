@@ -36,8 +36,12 @@ def flyp_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: 
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def context_kl(p0_logits: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p₀ ‖ p_θ) between context distributions given as logits, averaged over the batch."""
+def context_kl(p0_logits: torch.Tensor, p_logits: torch.Tensor, per_item: bool = False) -> torch.Tensor:
+    """KL(p₀ ‖ p_θ) between context distributions given as logits, averaged over the batch
+    (``per_item``: one value per row, for a paired margin)."""
+    if per_item:
+        return F.kl_div(F.log_softmax(p_logits, -1), F.log_softmax(p0_logits, -1), log_target=True,
+                        reduction="none").sum(-1)
     return F.kl_div(F.log_softmax(p_logits, -1), F.log_softmax(p0_logits, -1), log_target=True,
                     reduction="batchmean")
 

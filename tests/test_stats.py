@@ -1,0 +1,50 @@
+"""The noise margins every chapter's claims are asserted with (clipnotes.stats)."""
+import math
+
+import numpy as np
+import pytest
+
+from clipnotes.stats import Gap, Z, binomial_se, difference_of_gaps, paired_gap, paired_se
+
+
+def test_paired_se_counts_only_disagreements():
+    a = np.array([1, 1, 1, 1, 0, 0, 1, 0], float)
+    assert paired_se(a, a) == 0.0                             # identical predictions: no noise
+    b = a.copy(); b[0] = 0
+    d = a - b
+    assert paired_se(a, b) == pytest.approx(d.std(ddof=1) / math.sqrt(8))
+    with pytest.raises(ValueError):
+        paired_se([1.0], [0.0])
+
+
+def test_paired_gap_averages_sets_and_adds_errors_in_quadrature():
+    rng = np.random.default_rng(0)
+    a = {k: rng.integers(0, 2, 400).astype(float) for k in "xy"}
+    b = {k: rng.integers(0, 2, 400).astype(float) for k in "xy"}
+    g = paired_gap(a, b, ["x", "y"])
+    assert g.diff == pytest.approx(np.mean([a[k].mean() - b[k].mean() for k in "xy"]))
+    assert g.se == pytest.approx(math.hypot(paired_se(a["x"], b["x"]), paired_se(a["y"], b["y"])) / 2)
+
+
+def test_noise_alone_does_not_clear_the_margin_but_an_effect_does():
+    """Two equally good models disagreeing at random: the margin is cleared about 2 % of the time;
+    a model right on 5 % more images clears it every time at n = 1000."""
+    rng = np.random.default_rng(1)
+    fake = real = 0
+    for _ in range(400):
+        truth = rng.random(1000)
+        a, b = (truth < 0.8).astype(float), (rng.random(1000) < 0.8).astype(float)
+        fake += paired_gap({"t": a}, {"t": b}, ["t"]).above()
+        better = np.maximum(b, (rng.random(1000) < 0.25).astype(float))   # b, plus right on ~5 % more
+        real += paired_gap({"t": better}, {"t": b}, ["t"]).above()
+    assert fake / 400 < 0.06 and real == 400
+
+
+def test_gap_words_and_points():
+    g = Gap(0.031, 0.004)
+    assert g.margin == Z * 0.004 and g.above() and not g.above(0.03)
+    assert g.points() == "+3.1 ± 0.8"
+    assert Gap(0.001, 0.004).verdict("up", "level", "down") == "level"
+    assert Gap(-0.02, 0.004).verdict("up", "level", "down") == "down"
+    assert difference_of_gaps(Gap(0.05, 0.003), Gap(0.01, 0.004)) == Gap(0.04, 0.005)
+    assert binomial_se(0.5, 100) == 0.05 and math.isnan(binomial_se(0.5, 0))
