@@ -25,7 +25,7 @@ export CLIPNOTES_SITE := 1                  # glued numbers render inline; no `n
 help:
 	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
 	@echo "make test   - set up .venv, unit tests, every notebook under nbval, the strict site built from that execution"
-	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 and 2 too (claims must not hang on one seed)"
+	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 to 4 too (claims must not hang on one seed)"
 	@echo "make times  - every chapter cold (empty cache) and warm: seconds and slowest cells"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make doctor - check the installation"
@@ -74,7 +74,7 @@ site-strict: $(STAMP)
 	$(BIN)/jupyter-book build _build/site-src --path-output $(CURDIR) -W --keep-going
 
 seeds: $(STAMP)
-	@for s in 1 2; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
+	@for s in 1 2 3 4; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
 	  CLIPNOTES_SEED=$$s $(NBVAL) || exit 1; done
 
 # Where the time goes: every chapter from an empty cache (cold), then again (warm).
