@@ -19,6 +19,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from . import __version__
     from .models import MINI_CHECKPOINT, create_mini, mini_card, verify_shipped_checkpoint
     from .profiles import get_profile
+    from .features import writable_dir
 
     ok = True
 
@@ -38,16 +39,11 @@ def _doctor(args: argparse.Namespace) -> int:
         ok = False
         line("PROBLEM", "profile", str(e))
         prof = get_profile("mini", seed=0)
-    cache = prof.cache_dir
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        probe = cache / ".doctor"
-        probe.write_text("ok")
-        probe.unlink()
-        line("ok", "cache dir", str(cache))
-    except OSError as e:
+        line("ok", "cache dir", str(writable_dir(prof.cache_dir)))
+    except ClipnotesError as e:
         ok = False
-        line("PROBLEM", "cache dir", f"{cache} is not writable ({e.strerror}); set CLIPNOTES_CACHE")
+        line("PROBLEM", "cache dir", str(e))
     try:
         sha = verify_shipped_checkpoint()
         card = mini_card()

@@ -285,6 +285,19 @@ def format_accuracy(image_features: torch.Tensor, labels: torch.Tensor, groups: 
     return pd.DataFrame(table)
 
 
+def format_correct(image_features: torch.Tensor, labels: torch.Tensor, texts: Mapping[str, torch.Tensor],
+                   net: ResMLP | None = None, alpha: float = 1.0) -> dict[str, np.ndarray]:
+    """Per image and prompt format, 1 where zero-shot is right (NC: the share of its noise draws
+    that are right) — :func:`format_accuracy` before averaging, for the chapter's margins."""
+    img = adapt(net, image_features, alpha).cpu()
+    y = torch.as_tensor(labels).cpu()
+    out = {}
+    for name, feats in texts.items():
+        heads = feats if feats.dim() == 3 else feats[None]
+        out[name] = np.mean([((img @ adapt(net, h, alpha).cpu().T).argmax(1) == y).numpy() for h in heads], axis=0)
+    return out
+
+
 def prompt_robustness(acc: Mapping[str, float], c: str = "C", variants: Sequence[str] = ("C", "PC", "CP"),
                       noisy: str = "NC") -> dict[str, float]:
     """CLAP's metrics from zero-shot accuracies: range and std over prompt formats, and Δ(NC) = C − NC."""

@@ -40,16 +40,20 @@ def accuracy_by_group(pred: torch.Tensor, labels: torch.Tensor, groups: Sequence
     return out
 
 
+def retrieval_hits(image_features: torch.Tensor, text_features: torch.Tensor, k: int = 1,
+                   direction: str = "image->text") -> np.ndarray:
+    """Per query, 1 where its matched item (row i <-> row i) ranks in the top ``k`` (chapter 1)."""
+    sim = image_features.float() @ text_features.float().T
+    s = sim if direction == "image->text" else sim.T
+    target = torch.arange(len(s))
+    ranks = (s > s[target, target][:, None]).sum(1)               # how many beat the true match
+    return (ranks < k).cpu().numpy().astype(float)
+
+
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Recall@k for image->text and text->image retrieval of matched pairs (row i <-> row i)."""
-    sim = image_features.float() @ text_features.float().T
-    target = torch.arange(len(sim))
-    out = {}
-    for direction, s in (("image->text", sim), ("text->image", sim.T)):
-        ranks = (s > s[target, target][:, None]).sum(1)          # how many beat the true match
-        for k in ks:
-            out[f"{direction} R@{k}"] = float((ranks < k).float().mean())
-    return out
+    return {f"{direction} R@{k}": float(retrieval_hits(image_features, text_features, k, direction).mean())
+            for direction in ("image->text", "text->image") for k in ks}
 
 
 def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, c: float = 1.0, seed: int = 0):

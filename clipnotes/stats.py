@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -74,3 +74,16 @@ def paired_gap(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], sets: S
 def difference_of_gaps(first: Gap, second: Gap) -> Gap:
     """``first − second`` for gaps measured on different test images (errors in quadrature)."""
     return Gap(first.diff - second.diff, math.hypot(first.se, second.se))
+
+
+def bootstrap_gap(metric: Callable[[np.ndarray], float], strata: Sequence[str] | np.ndarray, n_boot: int = 500,
+                  seed: int = 0) -> Gap:
+    """A difference that is not a mean (a range, a standard deviation over prompt formats),
+    with a bootstrap standard error: ``metric(idx)`` computes it on the test items ``idx``;
+    items are resampled with replacement within each stratum (a domain), ``n_boot`` times.
+    """
+    strata = np.asarray(strata)
+    parts = [np.flatnonzero(strata == s) for s in dict.fromkeys(strata.tolist())]
+    rng = np.random.default_rng(seed)
+    boots = [metric(np.concatenate([rng.choice(p, len(p)) for p in parts])) for _ in range(n_boot)]
+    return Gap(float(metric(np.arange(len(strata)))), float(np.std(boots, ddof=1)))

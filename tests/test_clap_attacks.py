@@ -131,6 +131,9 @@ def test_format_accuracy_and_choose_alpha():
     table = clap.format_accuracy(feats, labels, groups, texts)
     assert list(table.index) == ["a", "b"] and list(table.columns) == ["C", "PC", "CP", "NC"]
     assert table["C"].min() == 1.0 and table["CP"].max() == 0.0 and table["NC"].mean() == pytest.approx(0.5)
+    right = clap.format_correct(feats, labels, texts)          # the same, per image (the margins' input)
+    for fmt, per_image in right.items():
+        assert [per_image[groups == g].mean() for g in ("a", "b")] == pytest.approx(table[fmt].tolist())
     identity = ResMLP(12, 8)                                  # W2 = 0: every α is free, the largest wins
     alpha, scan = clap.choose_alpha(identity, feats, labels, texts, alphas=(0.1, 1.0))
     assert alpha == 1.0 and list(scan.index) == [0.0, 0.1, 1.0]

@@ -125,3 +125,13 @@ def test_doctor_survives_a_bad_seed(monkeypatch, capsys):
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out
     assert "CLIPNOTES_SEED='abc' is not an integer" in out and "mini checkpoint" in out
+
+
+def test_doctor_reports_an_unwritable_cache_on_one_line(tmp_path, monkeypatch, capsys):
+    from clipnotes.__main__ import main
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CLIPNOTES_CACHE", str(blocker / "cache"))
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM" in out and "set CLIPNOTES_CACHE to a writable folder" in out

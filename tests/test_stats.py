@@ -48,3 +48,33 @@ def test_gap_words_and_points():
     assert Gap(-0.02, 0.004).verdict("up", "level", "down") == "down"
     assert difference_of_gaps(Gap(0.05, 0.003), Gap(0.01, 0.004)) == Gap(0.04, 0.005)
     assert binomial_se(0.5, 100) == 0.05 and math.isnan(binomial_se(0.5, 0))
+
+
+def test_retrieval_hits_are_the_recall_per_query():
+    """Chapter 1's paired retrieval margin reads per-query hits; their mean is Recall@k."""
+    import torch
+    from clipnotes.evaluate import retrieval_hits, retrieval_recall
+    img = torch.eye(4)
+    txt = torch.eye(4)[[0, 1, 3, 2]]                  # queries 2 and 3 find each other's caption first
+    assert retrieval_hits(img, txt).tolist() == [1, 1, 0, 0]
+    assert retrieval_hits(img, txt, k=2).tolist() == [1, 1, 1, 1]   # one caption beats the true one: rank 2
+    rec = retrieval_recall(img, txt, ks=(1,))
+    assert rec == {"image->text R@1": 0.5, "text->image R@1": 0.5}
+
+
+def test_bootstrap_gap_resamples_within_strata():
+    from clipnotes.stats import bootstrap_gap
+    strata = np.array(["a"] * 50 + ["b"] * 50)
+    x = np.r_[np.zeros(50), np.ones(50)]
+    seen = []
+
+    def metric(idx):
+        seen.append(np.bincount((strata[idx] == "b").astype(int), minlength=2))
+        return float(x[idx].mean())
+
+    g = bootstrap_gap(metric, strata, n_boot=20)
+    assert g.diff == 0.5 and g.se == 0.0                 # within-stratum resampling keeps the mean here
+    assert all((c == [50, 50]).all() for c in seen)      # every resample keeps each stratum's size
+    noisy = np.random.default_rng(0).random(100)
+    g2 = bootstrap_gap(lambda idx: float(noisy[idx].mean()), strata, n_boot=300)
+    assert g2.se == pytest.approx(noisy.std() / 10, rel=0.3)
