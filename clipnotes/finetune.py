@@ -23,14 +23,19 @@ from torch import nn
 
 from .classifiers import zero_shot_classifier
 from .data import ImageDataset
+from .evaluate import frozen_features
 from .losses import build_loss
 from .models import ClipBundle
 from .optim import set_lr, warmup_cosine
 from .profiles import Profile
 from .tasks import Benchmark
 from .utils import ClipnotesError, code_fingerprint, load_torch, no_autocast, progress, save_torch, stable_hash
+from .zeroshot import zero_shot_head
 
 LOSSES = ("ce", "flyp", "carft")
+#: Where the classifier's head starts (LP-FT's question): the zero-shot text head, a random
+#: head, or a linear probe trained on the frozen features first.
+HEAD_INITS = ("zero-shot", "random", "probe")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class FinetuneConfig:
     carft_beta: float = 10.0
     carft_context: str = "templates"        # "templates" or "random" (the control)
     flyp_mask_same_class: bool = False      # FLYP's optional fix for same-class negatives
+    head_init: str = "zero-shot"            # "zero-shot", "random" or "probe" (LP-FT), for ce and carft
     threads: int = 2
 
     def __post_init__(self):
@@ -55,6 +61,10 @@ class FinetuneConfig:
             raise ClipnotesError(f"unknown fine-tuning loss {self.loss!r}; use one of {LOSSES}")
         if self.carft_context not in ("templates", "random"):
             raise ClipnotesError("carft_context must be 'templates' or 'random'")
+        if self.head_init not in HEAD_INITS:
+            raise ClipnotesError(f"unknown head_init {self.head_init!r}; use one of {HEAD_INITS}")
+        if self.head_init != "zero-shot" and self.loss == "flyp":
+            raise ClipnotesError("FLYP builds its head from the text tower: head_init applies to ce and carft only")
 
 
 def recipe(profile: Profile, loss: str = "ce", **overrides) -> FinetuneConfig:
@@ -108,6 +118,8 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
     torch.manual_seed(cfg.seed)
     device = bundle.device
     start = zero_shot_classifier(bundle, classnames, templates, cfg.loss).to(device)
+    if cfg.head_init != "zero-shot":
+        init_head(start, bundle, train, classnames, templates, cfg, autocast)
     model = copy.deepcopy(start).train()
     loss_fn = build_loss(cfg, bundle, start, train, classnames, templates, list(captions or templates), autocast)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -158,6 +170,29 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
     bar.close()
     model.eval()
     return FinetuneRun(start.eval(), model, cfg, log, time.time() - t0, Path(run_dir) if run_dir else None)
+
+
+def init_head(start: nn.Module, bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
+              templates: Sequence[str], cfg: FinetuneConfig, autocast: Callable | None = None) -> None:
+    """LP-FT's starting heads: replace ``start``'s zero-shot head in place.
+
+    ``"random"``: random unit directions at the zero-shot head's scale (fine-tuning from a
+    random head). ``"probe"``: chapter 5's linear classifier (:func:`train_linear_head`)
+    trained on the frozen start encoder's features of ``train`` — the LP of LP-FT.
+    """
+    weight, bias = start.head.weight, start.head.bias
+    if cfg.head_init == "random":
+        g = torch.Generator().manual_seed(cfg.seed)
+        directions = F.normalize(torch.randn(weight.shape, generator=g), dim=1).to(weight.device)
+        new_w, new_b = directions * weight.detach().norm(dim=1, keepdim=True), torch.zeros_like(bias)
+    else:
+        feats = frozen_features(start, train, bundle.preprocess, autocast)
+        lin = train_linear_head(feats, torch.as_tensor(np.asarray(train.labels)),
+                                zero_shot_head(bundle, classnames, templates).cpu(),
+                                bundle.model.logit_scale.exp().item(), seed=cfg.seed)
+        new_w, new_b = lin.weight.detach(), lin.bias.detach()
+    with torch.no_grad():
+        weight.copy_(new_w.to(weight.device)), bias.copy_(new_b.to(bias.device))
 
 
 def train_linear_head(features: torch.Tensor, labels: torch.Tensor, head: torch.Tensor, scale: float,

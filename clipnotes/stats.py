@@ -87,3 +87,12 @@ def bootstrap_gap(metric: Callable[[np.ndarray], float], strata: Sequence[str] |
     rng = np.random.default_rng(seed)
     boots = [metric(np.concatenate([rng.choice(p, len(p)) for p in parts])) for _ in range(n_boot)]
     return Gap(float(metric(np.arange(len(strata)))), float(np.std(boots, ddof=1)))
+
+
+def mean_gap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Gap:
+    """``mean(a) − mean(b)`` for two independent samples (different images): the errors of
+    the two means in quadrature."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("mean_gap needs at least two values on each side")
+    return Gap(float(a.mean() - b.mean()), math.hypot(a.std(ddof=1) / math.sqrt(len(a)), b.std(ddof=1) / math.sqrt(len(b))))

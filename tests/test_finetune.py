@@ -228,3 +228,27 @@ def test_eval_sets_evaluate_each_weights_once(bundle, tmp_path):
     feats, labels = fresh.features(model)["ID"]               # features were not kept: computed now
     assert len(calls) == n + 3 and feats.shape[0] == 24 and torch.equal(labels, evals.labels["ID"])
     assert torch.allclose(feats.norm(dim=-1), torch.ones(24), atol=1e-5)
+
+
+def test_lpft_head_inits(bundle, train):
+    """LP-FT's starting heads: a random head at the zero-shot scale, and chapter 5's linear
+    classifier on the frozen features; the encoder starts at the zero-shot one in both."""
+    from clipnotes.evaluate import frozen_features
+    from clipnotes.finetune import init_head, train_linear_head
+    zs = zero_shot_classifier(bundle, NAMES, TEMPLATES)
+    rand, probe = zero_shot_classifier(bundle, NAMES, TEMPLATES), zero_shot_classifier(bundle, NAMES, TEMPLATES)
+    init_head(rand, bundle, train, NAMES, TEMPLATES, FinetuneConfig(head_init="random", seed=3))
+    assert torch.allclose(rand.head.weight.norm(dim=1), zs.head.weight.norm(dim=1))
+    cos = F.cosine_similarity(rand.head.weight, zs.head.weight, dim=1)
+    assert cos.abs().max() < 0.5                                    # not the text directions
+    init_head(probe, bundle, train, NAMES, TEMPLATES, FinetuneConfig(head_init="probe"))
+    feats = frozen_features(zs, train, bundle.preprocess)
+    lin = train_linear_head(feats, torch.as_tensor(train.labels), zero_shot_head(bundle, NAMES, TEMPLATES),
+                            bundle.model.logit_scale.exp().item())
+    assert torch.allclose(probe.head.weight, lin.weight) and torch.allclose(probe.head.bias, lin.bias)
+    sa, sb = probe.visual.state_dict(), zs.visual.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ClipnotesError, match="head_init"):
+        FinetuneConfig(head_init="lucky")
+    with pytest.raises(ClipnotesError, match="FLYP"):
+        FinetuneConfig(loss="flyp", head_init="probe")

@@ -78,3 +78,13 @@ def test_bootstrap_gap_resamples_within_strata():
     noisy = np.random.default_rng(0).random(100)
     g2 = bootstrap_gap(lambda idx: float(noisy[idx].mean()), strata, n_boot=300)
     assert g2.se == pytest.approx(noisy.std() / 10, rel=0.3)
+
+
+def test_mean_gap_of_independent_samples():
+    from clipnotes.stats import mean_gap
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 1.0, 1.0])
+    g = mean_gap(a, b)
+    assert g.diff == pytest.approx(1.5)
+    assert g.se == pytest.approx(math.hypot(1.0 / math.sqrt(3), np.std(b, ddof=1) / 2))
+    with pytest.raises(ValueError):
+        mean_gap([1.0], [1.0, 2.0])
