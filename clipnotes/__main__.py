@@ -87,8 +87,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _assemble_site(args: argparse.Namespace) -> int:
     from .book import assemble_site
+    from .profiles import get_profile
 
-    print(f"site sources in {assemble_site(args.executed, args.out)}")
+    results = Path(args.results) if args.results else get_profile("mini", seed=0).cache_dir / "results"
+    print(f"site sources in {assemble_site(args.executed, args.out, results_dir=results)}")
     return 0
 
 
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("assemble-site", help="the book's sources with executed notebooks (make test builds from them)")
     a.add_argument("--executed", default="_build/executed", help="where nbval wrote the executed notebooks")
     a.add_argument("--out", default="_build/site-src", help="where to assemble the sources")
+    a.add_argument("--results", default=None, help="results files for the results page (default: the cache's)")
     a.set_defaults(func=_assemble_site)
     n = sub.add_parser("sync-notebooks", help="write every chapter's install cell and Colab metadata from _config.yml")
     n.set_defaults(func=_sync_notebooks)

@@ -5,7 +5,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .profiles import Profile, get_profile
 from .utils import ClipnotesError, save_json
@@ -59,10 +59,17 @@ def results_path(profile: Profile, chapter: str) -> Path:
     return profile.cache_dir / "results" / f"{chapter}-{profile.name}-seed{profile.seed}.json"
 
 
-def save_results(profile: Profile, chapter: str, results: dict[str, Any]) -> Path:
-    """Write a chapter's headline numbers so later chapters reuse them instead of recomputing."""
-    return save_json({"chapter": chapter, "profile": profile.name, "seed": profile.seed, **results},
-                     results_path(profile, chapter))
+def save_results(profile: Profile, chapter: str, results: dict[str, Any],
+                 claims: Mapping[str, Any] | None = None) -> Path:
+    """Write a chapter's headline numbers (later chapters and the results page read them).
+
+    ``claims``: the asserted differences, ``{sentence: clipnotes.stats.Gap}``, saved as value
+    and margin. A chapter calls this after its assertions, so a file records claims that held.
+    """
+    record = {"chapter": chapter, "profile": profile.name, "seed": profile.seed, **results}
+    if claims:
+        record["claims"] = {k: {"diff": float(g.diff), "margin": float(g.margin)} for k, g in claims.items()}
+    return save_json(record, results_path(profile, chapter))
 
 
 def load_results(profile: Profile, chapter: str) -> dict[str, Any] | None:
@@ -71,10 +78,12 @@ def load_results(profile: Profile, chapter: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".") -> Path:
+def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".",
+                  results_dir: str | Path | None = None) -> Path:
     """The book's sources with the notebooks nbval just executed (``make test`` builds the site
     from them, so each chapter executes once): ``_config.yml`` with execution off, the table of
-    contents, ``book/``, and a run-times page written from the execution's ``times.json``."""
+    contents, ``book/``, a run-times page written from the execution's ``times.json``, and the
+    results page from the results files in ``results_dir``."""
     import shutil
 
     import yaml
@@ -96,7 +105,39 @@ def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".")
     table = times_table(times) + ("\n\nExecuted once, under nbval, by `make test`; the site was built from that "
                                   "execution. *cold*: the run started from an empty cache, as on a fresh clone.")
     (out / "book" / "runtimes.md").write_text(page.replace("```{nb-exec-table}\n```", table))
+    if results_dir is not None:
+        page = (root / "book" / "results.md").read_text()
+        (out / "book" / "results.md").write_text(page.replace(RESULTS_MARK, results_tables(results_dir)))
     return out
+
+
+#: Where the results page's tables go (an HTML comment: invisible in a build that does not fill it).
+RESULTS_MARK = "<!-- results tables: filled in by `python -m clipnotes assemble-site` -->"
+
+
+def results_tables(results_dir: str | Path, profile: str = "mini") -> str:
+    """Markdown tables of every chapter's asserted claims over the seeds whose results files exist
+    (``make test`` writes seed 0, ``make seeds`` seeds 1–4): value ± margin per seed, and the range."""
+    files = sorted(Path(results_dir).glob(f"*-{profile}-seed*.json"))
+    by_chapter: dict[str, dict[int, dict]] = {}
+    for f in files:
+        record = json.loads(f.read_text())
+        if record.get("claims"):
+            by_chapter.setdefault(record["chapter"], {})[int(record["seed"])] = record["claims"]
+    if not by_chapter:
+        return f"*No results files with claims in `{results_dir}` yet: run `make test` (and `make seeds`).*"
+    out = []
+    for chapter, seeds in sorted(by_chapter.items()):
+        order = sorted(seeds)
+        out += [f"### {chapter}", "", "| claim | " + " | ".join(f"seed {s}" for s in order) + " | range |",
+                "| --- |" + " --- |" * (len(order) + 1)]
+        for claim in dict.fromkeys(k for s in order for k in seeds[s]):
+            vals = [seeds[s].get(claim) for s in order]
+            cells = [f"{100 * v['diff']:+.1f} ± {100 * v['margin']:.1f}" if v else "" for v in vals]
+            diffs = [100 * v["diff"] for v in vals if v]
+            out.append(f"| {claim} | " + " | ".join(cells) + f" | {min(diffs):+.1f} … {max(diffs):+.1f} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def times_table(times: dict[str, dict], warm: dict[str, dict] | None = None) -> str:

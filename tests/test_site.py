@@ -71,3 +71,28 @@ def test_times_table_shows_cold_warm_and_the_slowest_cell():
                            "slowest_cells": [{"code_cell": 6, "seconds": 180.2, "starts": "run = ..."}]}}
     table = times_table(cold, {"05_wise_ft": {"seconds": 35.0}})
     assert table.splitlines()[2] == "| 05_wise_ft | 226 | cold | 0 | 180 s, code cell 6 | 35 |"
+
+
+def test_results_page_reads_the_claims_of_every_seed(tmp_path):
+    """The results page: one table per chapter, one column per seed whose results file exists."""
+    import dataclasses
+    import json
+
+    from clipnotes.book import RESULTS_MARK, assemble_site, results_tables, save_results
+    from clipnotes.profiles import get_profile
+    from clipnotes.stats import Gap
+    assert "No results files" in results_tables(tmp_path)
+    for seed, diff in ((0, 0.031), (3, 0.012)):
+        prof = dataclasses.replace(get_profile("mini", seed=seed), cache_dir=tmp_path)
+        save_results(prof, "05_wise_ft", {"other": 1}, claims={"a mixture beats both ends": Gap(diff, 0.004)})
+    table = results_tables(tmp_path / "results")
+    assert "| claim | seed 0 | seed 3 | range |" in table
+    assert "| a mixture beats both ends | +3.1 ± 0.8 | +1.2 ± 0.8 | +1.2 … +3.1 |" in table
+    assert RESULTS_MARK in (ROOT / "book" / "results.md").read_text()
+    executed = tmp_path / "executed"
+    (executed / "notebooks").mkdir(parents=True)
+    for name in CHAPTERS:
+        shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", executed / "notebooks")
+    (executed / "times.json").write_text(json.dumps({c: {"seconds": 1.0, "seed": "0"} for c in CHAPTERS}))
+    src = assemble_site(executed, tmp_path / "src", ROOT, results_dir=tmp_path / "results")
+    assert "+3.1 ± 0.8" in (src / "book" / "results.md").read_text()
