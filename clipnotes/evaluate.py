@@ -97,10 +97,29 @@ def _encode(model: nn.Module, images, preprocess: Callable, autocast: Callable |
     return torch.cat(out)
 
 
+_FROZEN: dict[str, torch.Tensor] = {}
+
+
 def frozen_features(model: nn.Module, dataset: ImageDataset, preprocess: Callable, autocast: Callable | None = None,
                     batch_size: int = 500) -> torch.Tensor:
-    """L2-normalised features of every item of ``dataset`` under a frozen classifier's encoder (on CPU)."""
-    return _encode(model, (x for x, _ in dataset.batches(batch_size)), preprocess, autocast)
+    """L2-normalised features of every item of ``dataset`` under a frozen classifier's encoder (on CPU).
+
+    Kept in memory by the encoder's weights and the dataset, so CAR-FT's runs and LP-FT's
+    probe (chapters 7 and 9) encode the training set once per session.
+    """
+    key = stable_hash(type(model).__qualname__, weights_digest(model), dataset.cache_key, batch_size,
+                      str(preprocess), _autocast_tag(autocast))
+    if key not in _FROZEN:
+        if len(_FROZEN) >= 2:
+            _FROZEN.pop(next(iter(_FROZEN)))
+        _FROZEN[key] = _encode(model, (x for x, _ in dataset.batches(batch_size)), preprocess, autocast)
+    return _FROZEN[key]
+
+
+def _autocast_tag(autocast: Callable | None) -> list:
+    """What an autocast factory does on each device type (part of cache keys)."""
+    with (autocast or no_autocast)():
+        return [(d, torch.is_autocast_enabled(d), str(torch.get_autocast_dtype(d))) for d in ("cpu", "cuda")]
 
 
 class EvalSets:
@@ -129,9 +148,7 @@ class EvalSets:
         self._memo: dict[str, dict] = {}
 
     def _model_key(self, model: nn.Module, autocast: Callable | None) -> str:
-        with (autocast or no_autocast)():
-            precision = [(d, torch.is_autocast_enabled(d), str(torch.get_autocast_dtype(d))) for d in ("cpu", "cuda")]
-        return stable_hash(self.key, type(model).__qualname__, weights_digest(model), precision,
+        return stable_hash(self.key, type(model).__qualname__, weights_digest(model), _autocast_tag(autocast),
                            getattr(model, "classnames", None), getattr(model, "templates", None), self._code)
 
     @torch.no_grad()

@@ -252,3 +252,14 @@ def test_lpft_head_inits(bundle, train):
         FinetuneConfig(head_init="lucky")
     with pytest.raises(ClipnotesError, match="FLYP"):
         FinetuneConfig(loss="flyp", head_init="probe")
+
+
+def test_frozen_features_are_encoded_once_per_weights(bundle, train):
+    """CAR-FT's two runs and LP-FT's probe (chapters 7, 9) share one encoding of the training set."""
+    from clipnotes.evaluate import frozen_features
+    a = zero_shot_classifier(bundle, NAMES, TEMPLATES)
+    first = frozen_features(a, train, bundle.preprocess)
+    assert frozen_features(zero_shot_classifier(bundle, NAMES, TEMPLATES), train, bundle.preprocess) is first
+    with torch.no_grad():
+        a.visual.proj.mul_(2.0) if getattr(a.visual, "proj", None) is not None else next(a.visual.parameters()).mul_(2.0)
+    assert frozen_features(a, train, bundle.preprocess) is not first          # other weights: encoded again
