@@ -133,3 +133,21 @@ def test_clap_chapter_path(paper):
     images = bench.dataset.images(np.array([0, 1])).float() / 255
     classify = clap.zero_shot_classifier(vit_b16, texts["C"], net, alpha)
     assert 0.0 <= robust_accuracy(classify, images, torch.as_tensor(bench.dataset.labels[:2]), "fgsm") <= 1.0
+
+
+def test_lpft_chapter_path(paper, vit_b32):
+    """Chapter 9 in `paper`: LP-FT's probe head and the random head on ViT-B/32, CIFAR-10 files."""
+    from clipnotes.evaluate import frozen_features
+    from clipnotes.finetune import run_finetune, train_linear_head
+    bench = tasks.finetune_benchmark(paper)
+    bench.templates = bench.templates[:2]
+    runs = {h: run_finetune(paper, vit_b32, bench, recipe(paper, "ce", head_init=h, steps=1, batch_size=2, warmup=1,
+                                                            threads=1), quiet=True) for h in ("probe", "random")}
+    start = zero_shot_classifier(vit_b32, bench.classnames, bench.templates)
+    feats = frozen_features(start, bench.train, vit_b32.preprocess)
+    probe = train_linear_head(feats, torch.as_tensor(bench.train.labels), zero_shot_head(vit_b32, bench.classnames,
+                              bench.templates).cpu(), vit_b32.model.logit_scale.exp().item(), seed=paper.seed)
+    assert torch.allclose(runs["probe"].start.head.weight, probe.weight, atol=1e-6)
+    assert not torch.allclose(runs["random"].start.head.weight, start.head.weight)
+    evals = EvalSets(vit_b32, bench.eval_sets, batch_size=2)
+    assert set(evals.accuracy(runs["probe"].end)) == {"ID", "CIFAR-10.1", "CIFAR-10.2"}
