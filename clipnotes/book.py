@@ -129,7 +129,7 @@ def results_tables(results_dir: str | Path, profile: str = "mini") -> str:
     out = []
     for chapter, seeds in sorted(by_chapter.items()):
         order = sorted(seeds)
-        out += [f"### {chapter}", "", "| claim | " + " | ".join(f"seed {s}" for s in order) + " | range |",
+        out += [f"## {chapter}", "", "| claim | " + " | ".join(f"seed {s}" for s in order) + " | range |",
                 "| --- |" + " --- |" * (len(order) + 1)]
         for claim in dict.fromkeys(k for s in order for k in seeds[s]):
             vals = [seeds[s].get(claim) for s in order]

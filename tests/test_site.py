@@ -96,3 +96,35 @@ def test_results_page_reads_the_claims_of_every_seed(tmp_path):
     (executed / "times.json").write_text(json.dumps({c: {"seconds": 1.0, "seed": "0"} for c in CHAPTERS}))
     src = assemble_site(executed, tmp_path / "src", ROOT, results_dir=tmp_path / "results")
     assert "+3.1 ± 0.8" in (src / "book" / "results.md").read_text()
+
+
+def _heading_levels(markdown: str) -> list[int]:
+    return [len(m.group(1)) for m in re.finditer(r"^(#+) ", markdown, flags=re.M)]
+
+
+def test_results_page_headings_do_not_skip_a_level(tmp_path):
+    """The strict build fails on an H1 followed by an H3 (myst.header): the tables' chapter
+    headings sit one level below the page title."""
+    import dataclasses
+
+    from clipnotes.book import RESULTS_MARK, results_tables, save_results
+    from clipnotes.profiles import get_profile
+    from clipnotes.stats import Gap
+    prof = dataclasses.replace(get_profile("mini", seed=0), cache_dir=tmp_path)
+    for chapter in ("05_wise_ft", "09_lp_ft"):
+        save_results(prof, chapter, {}, claims={"a claim": Gap(0.02, 0.01)})
+    page = (ROOT / "book" / "results.md").read_text().replace(RESULTS_MARK, results_tables(tmp_path / "results"))
+    levels = _heading_levels(page)
+    assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:])), levels
+
+
+def test_bibliography_keys_are_unique_and_every_citation_resolves():
+    """A repeated entry or a cited key missing from references.bib is a warning, so an error, in the strict build."""
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = re.findall(r"^@\w+\{([^,\s]+),", bib, flags=re.M)
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+    sources = [p.read_text() for p in (ROOT / "book").glob("*.md")] + \
+              [p.read_text() for p in (ROOT / "notebooks").glob("*.ipynb")]
+    cited = {k.strip() for s in sources for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", s)
+             for k in group.split(",")}
+    assert cited and cited <= set(keys), sorted(cited - set(keys))
