@@ -20,11 +20,14 @@ export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export CLIPNOTES_SITE := 1                  # glued numbers render inline; no `name = value` lines
 
-.PHONY: help env book test unit nbval seeds book-strict site-strict times bench pretrain-mini doctor clean
+.PHONY: help env book test unit nbval test-paper seeds book-strict site-strict times bench pretrain-mini doctor clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
-	@echo "make test   - set up .venv, unit tests, every notebook under nbval, the strict site built from that execution"
+	@echo "make test   - set up .venv, unit tests, every notebook under nbval, the strict site built from that execution,"
+	@echo "              and the paper check (make test-paper)"
+	@echo "make test-paper - every chapter's paper path under nbval on this CPU: real architectures at random"
+	@echo "              weights, fake datasets in the real formats, tiny counts; claims reported, not checked"
 	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 to 4 too (claims must not hang on one seed)"
 	@echo "make times  - every chapter cold (empty cache) and warm: seconds and slowest cells"
 	@echo "make bench  - run the benchmarks in benchmarks/"
@@ -73,6 +76,11 @@ site-strict: $(STAMP)
 	$(BIN)/python -m clipnotes assemble-site --executed $(EXECUTED) --out _build/site-src
 	$(BIN)/jupyter-book build _build/site-src --path-output $(CURDIR) -W --keep-going
 
+# The paper check: every chapter's `paper` path, cell by cell, at random weights on fake data.
+test-paper: $(STAMP)
+	@echo "==> every notebook's paper path under nbval (the paper check: random weights, fake data, CPU)"
+	CLIPNOTES_PROFILE=paper CLIPNOTES_PAPER_CHECK=1 $(NBVAL)
+
 seeds: $(STAMP)
 	@for s in 1 2 3 4; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
 	  CLIPNOTES_SEED=$$s $(NBVAL) || exit 1; done
@@ -84,7 +92,7 @@ times: $(STAMP)
 	-CLIPNOTES_CACHE=$(CURDIR)/_build/times/cache CLIPNOTES_EXECUTED=$(CURDIR)/_build/times/warm $(NBVAL)
 	$(BIN)/python -m clipnotes times _build/times
 
-test: unit nbval site-strict
+test: unit nbval site-strict test-paper
 	@echo "==> all tests passed"
 
 # On a CPU the model benchmarks run at small sizes; on a CUDA machine drop the size flags.

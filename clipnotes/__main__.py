@@ -56,8 +56,34 @@ def _doctor(args: argparse.Namespace) -> int:
     except ClipnotesError as e:
         ok = False
         line("PROBLEM", "mini checkpoint", str(e))
+    if args.paper:
+        ok = _doctor_paper(line) and ok
     print("all good" if ok else "some checks failed: see PROBLEM lines")
     return 0 if ok else 1
+
+
+def _doctor_paper(line) -> bool:
+    """``doctor --paper``: the GPU, its precision and memory, and each chapter's weights and data."""
+    import torch
+
+    from .download import CHAPTER_NEEDS, present
+    from .profiles import get_profile, native_bf16
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        line("ok", "GPU", f"{torch.cuda.get_device_name(0)}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} free), "
+                          f"{'bf16' if native_bf16() else 'fp16 with a gradient scaler'}")
+    else:
+        line("PROBLEM", "GPU", "no CUDA GPU: `paper` needs one (Colab: Runtime → Change runtime type → GPU)")
+    prof = get_profile("paper", check=False)
+    line("info", "paper data", str(prof.data_dir))
+    ready = True
+    for chapter, items in CHAPTER_NEEDS.items():
+        missing = [item.replace("weights:", "weights ") for item in items if not present(item, prof)[0]]
+        ready &= not missing
+        line("ok" if not missing else "missing", f"chapter {chapter} (paper)",
+             "weights and data in place" if not missing else
+             f"{', '.join(missing)}: python -m clipnotes download {int(chapter)}")
+    return torch.cuda.is_available() and ready
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -131,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipnotes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("doctor", help="check versions, device, profile, cache and the shipped checkpoint")
+    d.add_argument("--paper", action="store_true",
+                   help="also the GPU, its memory and precision, and which chapters' paper weights and data are in place")
     d.set_defaults(func=_doctor)
     p = sub.add_parser("pretrain-mini", help="retrain the tiny CLIP from scratch (resumable)")
     p.add_argument("--steps", type=int, help="training steps (default: the shipped run's)")

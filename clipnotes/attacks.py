@@ -55,8 +55,8 @@ def pgd(classify: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float = 0.0
 
 
 def robust_accuracy(classify: Classifier, x: torch.Tensor, y: torch.Tensor, attack: str, eps: float = 0.031,
-                    batch_size: int = 128, seed: int = 0) -> float:
-    """Accuracy under ``attack`` ("none", "fgsm", "pgd", "cw")."""
+                    batch_size: int = 128, seed: int = 0, steps: int = 20) -> float:
+    """Accuracy under ``attack`` ("none", "fgsm", "pgd", "cw"; the last two take ``steps`` steps)."""
     g = torch.Generator().manual_seed(seed)
     correct = 0
     for s in range(0, len(x), batch_size):
@@ -64,7 +64,7 @@ def robust_accuracy(classify: Classifier, x: torch.Tensor, y: torch.Tensor, atta
         if attack == "fgsm":
             xb = fgsm(classify, xb, yb, eps)
         elif attack in ("pgd", "cw"):
-            xb = pgd(classify, xb, yb, eps, loss="ce" if attack == "pgd" else "cw", generator=g)
+            xb = pgd(classify, xb, yb, eps, steps=steps, loss="ce" if attack == "pgd" else "cw", generator=g)
         elif attack != "none":
             raise ValueError(f"unknown attack {attack!r}")
         with torch.no_grad():

@@ -1,11 +1,12 @@
 """Chapter plumbing: the settings cell, glued numbers, results shared between chapters."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .profiles import Profile, get_profile
 from .utils import ClipnotesError, save_json
@@ -20,6 +21,11 @@ def setup(profile: str | None = None, seed: int | None = None, download: bool | 
     from .utils import seed_everything
 
     prof = get_profile(profile, seed=seed, download=download)
+    if prof.paper_check:
+        from .fakes import write_paper_check_data
+        write_paper_check_data(prof.data_dir)
+        print("PAPER CHECK: the paper path on the CPU, at random weights, on fake data in the real formats; "
+              "its numbers mean nothing and the claims are not checked")
     seed_everything(prof.seed)
     set_style()
     _STARTED = time.time()
@@ -29,6 +35,21 @@ def setup(profile: str | None = None, seed: int | None = None, download: bool | 
     print(f"profile {prof.name} · seed {prof.seed} · device {prof.device} · precision {prof.precision}"
           f" · cache {prof.cache_dir}")
     return prof
+
+
+@contextlib.contextmanager
+def claims(profile: Profile) -> Iterator[None]:
+    """The assertion cell's claims: checked, except at random weights (the paper check), where
+    no claim can hold: there a failing claim is reported, visibly, as not checked."""
+    try:
+        yield
+    except AssertionError:
+        if not profile.random_weights:
+            raise
+        print("claims NOT CHECKED: the weights are random (the paper check); run `paper` on a GPU to check them")
+    else:
+        print("all claims hold" if not profile.random_weights else
+              "claims not meaningful at random weights (the paper check)")
 
 
 def run_time() -> str:

@@ -196,14 +196,31 @@ class ClapConfig:
 def clap_recipe(profile: Profile) -> tuple[PromptGrid, Augment, ClapConfig]:
     """Grid, augmentations and optimisation of a profile.
 
-    paper: CLAP's PACS configuration. mini: the world's own attribute words, and all four
+    paper: CLAP's PACS configuration (20 steps in the paper check). mini: the world's own attribute words, and all four
     deletions on (image type and background are the mini world's styles; a style that is
     never deleted is, to the loss, content).
     """
     cfg = ClapConfig(seed=profile.seed)
+    if profile.paper_check:                    # the paper check: every line of the loop, a few steps
+        cfg = ClapConfig(seed=profile.seed, steps=20)
     if profile.name == "mini":
         return mini_grid(), Augment(type=0.5, style=0.5), cfg
     return CLAP_GRID, Augment(), cfg
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """Chapter 8's attack experiment: images per (style, class) cell, PGD/CW steps, and a cap on
+    the images (the paper check attacks ViT-B/16 on the CPU, so it attacks 4 images for 2 steps)."""
+
+    per_cell: int = 4
+    steps: int = 20
+    max_images: int | None = None
+
+
+def attack_budget(profile: Profile) -> AttackBudget:
+    """The attack budget of a profile (chapter 8): 4 per cell and 20 steps, as CLAP's PGD-20 and CW-20."""
+    return AttackBudget(1, 2, 4) if profile.paper_check else AttackBudget()
 
 
 def train_clap(bundle: ClipBundle, classnames: Sequence[str], grid: PromptGrid, cfg: ClapConfig = ClapConfig(),

@@ -8,6 +8,7 @@ does after its embedding lookup.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import pandas as pd
@@ -17,6 +18,7 @@ from torch import nn
 
 from .evaluate import accuracy, fit_linear_probe
 from .models import ClipBundle, encode_token_embeddings
+from .profiles import Profile
 from .optim import cosine
 from .tasks import base_new_classes, few_shot_indices
 from .utils import ClipnotesError, frozen, progress
@@ -168,9 +170,24 @@ def prompt_accuracy(bundle: ClipBundle, learner: PromptLearner, features: torch.
     return accuracy((features.float().to(text.device) @ text.T).cpu(), labels)
 
 
-def coop_epochs(shots: int) -> int:
-    """CoOp's epochs for a shot count (the nearest listed count at or below it)."""
-    return COOP_EPOCHS[max([k for k in COOP_EPOCHS if k <= shots] or [1])]
+def coop_epochs(shots: int, max_epochs: int | None = None) -> int:
+    """CoOp's epochs for a shot count (the nearest listed count at or below it), at most ``max_epochs``."""
+    epochs = COOP_EPOCHS[max([k for k in COOP_EPOCHS if k <= shots] or [1])]
+    return epochs if max_epochs is None else min(epochs, max_epochs)
+
+
+@dataclass(frozen=True)
+class CoopBudget:
+    """Chapter 4's experiment size: shot counts, few-shot draws, and a cap on CoOp's epochs."""
+
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16)
+    draws: int = 3
+    max_epochs: int | None = None
+
+
+def coop_budget(profile: Profile) -> CoopBudget:
+    """Three draws at CoOp's epochs; the paper check (ViT-B/16 on the CPU) two draws of two epochs."""
+    return CoopBudget(draws=2, max_epochs=2) if profile.paper_check else CoopBudget()
 
 
 def coop_lr(bundle: ClipBundle, lr: float = 0.002) -> float:
@@ -184,10 +201,11 @@ def coop_lr(bundle: ClipBundle, lr: float = 0.002) -> float:
 
 
 def fit_coop(bundle: ClipBundle, classnames: Sequence[str], features: torch.Tensor, labels: torch.Tensor,
-             shots: int, seed: int = 0, **learner_kwargs) -> PromptLearner:
+             shots: int, seed: int = 0, max_epochs: int | None = None, **learner_kwargs) -> PromptLearner:
     """A prompt learner trained with CoOp's recipe for ``shots`` shots (epochs, rescaled lr)."""
     learner = PromptLearner(bundle, classnames, seed=seed, **learner_kwargs)
-    train_coop(bundle, learner, features, labels, epochs=coop_epochs(shots), lr=coop_lr(bundle), seed=seed)
+    train_coop(bundle, learner, features, labels, epochs=coop_epochs(shots, max_epochs), lr=coop_lr(bundle),
+               seed=seed)
     return learner
 
 
@@ -200,7 +218,7 @@ def _relabel(labels: torch.Tensor, keep: Sequence[int]) -> tuple[torch.Tensor, t
 
 def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], template: str,
                     shots: Sequence[int] = (1, 2, 4, 8, 16), draws: int = 3, seed: int = 0,
-                    variants: dict[str, dict] | None = None) -> pd.DataFrame:
+                    variants: dict[str, dict] | None = None, max_epochs: int | None = None) -> pd.DataFrame:
     """Test accuracy of the hand prompt, a linear probe and CoOp variants after k shots per class.
 
     ``pool`` and ``test`` are cached feature sets (``.features``, ``.labels``); each of ``draws``
@@ -220,7 +238,8 @@ def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], t
                      dict(method="linear probe", shots=k, draw=d, accuracy=float(probe.score(x.numpy(), y.numpy())))]
             bar.update(1)
             for name, kwargs in variants.items():
-                learner = fit_coop(bundle, classnames, fx, fy, k, seed=seed * 1000 + d, **kwargs)
+                learner = fit_coop(bundle, classnames, fx, fy, k, seed=seed * 1000 + d, max_epochs=max_epochs,
+                                   **kwargs)
                 rows.append(dict(method=name, shots=k, draw=d, accuracy=prompt_accuracy(bundle, learner, x, y)))
                 bar.update(1)
     bar.close()
@@ -228,7 +247,8 @@ def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], t
 
 
 def base_to_new(bundle: ClipBundle, pool, test, classnames: Sequence[str], template: str, shots: int = 16,
-                draws: int = 3, seed: int = 0, split: str = "first-half", **learner_kwargs) -> pd.DataFrame:
+                draws: int = 3, seed: int = 0, split: str = "first-half", max_epochs: int | None = None,
+                **learner_kwargs) -> pd.DataFrame:
     """CoCoOp's base-to-new protocol: CoOp learns on the base half of the classes, and its context
     is tested on base and on the unseen new half (each a classification among its own classes).
 
@@ -251,7 +271,7 @@ def base_to_new(bundle: ClipBundle, pool, test, classnames: Sequence[str], templ
     for d in progress(range(draws), desc="base-to-new runs"):
         idx = torch.as_tensor(few_shot_indices(pool_y.numpy(), shots, seed=seed * 1000 + d))
         learner = fit_coop(bundle, names["base"], pool_x[idx], pool_y[idx], shots, seed=seed * 1000 + d,
-                           **learner_kwargs)
+                           max_epochs=max_epochs, **learner_kwargs)
         with torch.no_grad():
             coop = {"base": learner(bundle.model).float().cpu(),
                     "new": learner.for_classes(bundle, names["new"])(bundle.model).float().cpu()}

@@ -178,6 +178,7 @@ CHAPTER_NEEDS: dict[str, tuple[str, ...]] = {
     "06": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
     "07": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
     "08": ("pacs", "weights:ViT-B-16-quickgelu"),
+    "09": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
 }
 
 #: Hosted where a plain HTTP client cannot fetch them (Google Drive): the command says where.
@@ -227,4 +228,32 @@ def fetch_need(item: str, profile, quiet: bool = False) -> str:
         if (root / "PACS").is_dir():
             return f"ok      PACS in {root / 'PACS'}"
         return "by hand " + BY_HAND["pacs"].format(folder=root / "PACS")
+    raise ClipnotesError(f"unknown download item {item!r}")
+
+
+def present(item: str, profile) -> tuple[bool, str]:
+    """Whether one need is already in place (nothing is fetched): ``(ok, where or what is missing)``."""
+    from . import data
+    root = Path(profile.data_dir)
+    kind, _, name = item.partition(":")
+    try:
+        if kind == "weights":
+            from .models import paper_weights
+            return True, paper_weights(name, "openai", Path(profile.cache_dir), download=False)
+        if kind in ("cifar10", "cifar100"):
+            data.cifar(kind, root, train=True)
+            return True, str(root)
+        if kind == "cifar10-shifts":
+            data.cifar10_shift("cifar10.1", root), data.cifar10_shift("cifar10.2", root)
+            return True, str(root)
+        if kind == "eurosat":
+            folder = root / data.COOP_DATASETS["EuroSAT"][0] / data.COOP_DATASETS["EuroSAT"][1]
+            return folder.is_dir(), str(folder)
+        if kind == "coop-split":
+            folder, _, split_file = data.COOP_DATASETS[name]
+            return (root / folder / split_file).exists(), str(root / folder / split_file)
+        if kind == "pacs":
+            return (root / "PACS").is_dir(), str(root / "PACS")
+    except ClipnotesError as e:
+        return False, str(e)
     raise ClipnotesError(f"unknown download item {item!r}")

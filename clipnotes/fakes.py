@@ -82,3 +82,26 @@ def write_fake_pacs(root: str | Path, classes: Sequence[str] = ("dog", "elephant
             for k in range(per_class):
                 _write_image(Path(root) / "PACS" / domain / c / f"{k}.{'png' if k % 2 else 'jpg'}", rng, (50, 40))
     return Path(root) / "PACS"
+
+
+#: What the paper check's fake copies hold (small: every chapter's `paper` path in minutes on a CPU).
+PAPER_CHECK_SIZES = dict(cifar_train=40, cifar_test=10, shifts=8, coop_classes=6, coop_per_split=4,
+                         pacs_per_class=3)
+
+
+def write_paper_check_data(root: str | Path, seed: int = 0) -> Path:
+    """Every dataset the `paper` profile reads, as small fake copies in the real formats, under
+    ``root`` (the paper check's data directory; written once, atomically marked complete)."""
+    root = Path(root)
+    done = root / ".complete"
+    if done.exists():
+        return root
+    n = PAPER_CHECK_SIZES
+    for name in ("cifar10", "cifar100"):
+        write_fake_cifar(root, name, n_train=n["cifar_train"], n_test=n["cifar_test"], seed=seed)
+    write_fake_cifar10_shifts(root, n=n["shifts"], seed=seed)
+    for name in COOP_DATASETS:
+        write_fake_coop(root, name, n_classes=n["coop_classes"], per_split=n["coop_per_split"], seed=seed)
+    write_fake_pacs(root, ("dog", "elephant", "giraffe", "guitar"), per_class=n["pacs_per_class"], seed=seed)
+    done.write_text("fake copies for the paper check\n")
+    return root

@@ -192,15 +192,18 @@ def paper_weights(model_name: str, tag: str, cache_dir: Path, download: bool) ->
 
 
 def create_paper(model_name: str, pretrained: str | None = "openai", device: str | torch.device = "cpu",
-                 cache_dir: Path | None = None, download: bool = False) -> ClipBundle:
-    """A real open_clip architecture; ``pretrained=None`` gives random weights (for tests)."""
+                 cache_dir: Path | None = None, download: bool = False, seed: int | None = None) -> ClipBundle:
+    """A real open_clip architecture; ``pretrained=None`` gives random weights (tests, the paper
+    check), drawn from ``seed`` without touching the global random stream when one is given."""
     if model_name not in open_clip.list_models():
         raise ClipnotesError(f"unknown open_clip model {model_name!r}; e.g. {', '.join(PAPER_MODELS)}")
     path = None
     if pretrained is not None:
         path = paper_weights(model_name, pretrained, Path(cache_dir or "."), download)
     try:
-        with _quiet_open_clip():
+        with _quiet_open_clip(), torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
             model = open_clip.create_model(model_name, pretrained=path, device=device)
     except Exception as e:  # noqa: BLE001 - torch and pickle raise many kinds for a bad file
         if path is None:
@@ -211,7 +214,8 @@ def create_paper(model_name: str, pretrained: str | None = "openai", device: str
     pp = open_clip.get_model_preprocess_cfg(model)
     size = pp["size"] if isinstance(pp["size"], int) else pp["size"][0]
     prep = DevicePreprocess(size, pp["mean"], pp["std"]).to(device)
-    return ClipBundle(model, open_clip.get_tokenizer(model_name), prep, model_name, pretrained or "random")
+    tag = pretrained or ("random" if seed is None else f"random-{seed}")
+    return ClipBundle(model, open_clip.get_tokenizer(model_name), prep, model_name, tag)
 
 
 def load_model(profile: Profile, frozen: bool = False) -> ClipBundle:
@@ -219,6 +223,8 @@ def load_model(profile: Profile, frozen: bool = False) -> ClipBundle:
     if profile.name == "mini":
         return create_mini("shipped", profile.device)
     name = profile.frozen_model if frozen else profile.model
+    if profile.random_weights:                 # the paper check: the architecture, seeded, no weights
+        return create_paper(name, None, profile.device, seed=profile.seed)
     return create_paper(name, profile.pretrained, profile.device, profile.cache_dir, profile.download)
 
 

@@ -5,6 +5,12 @@ argument or ``CLIPNOTES_PROFILE``; ``CLIPNOTES_SEED`` fixes every number of a ru
 ``CLIPNOTES_CACHE`` is where features and checkpoints are cached,
 ``CLIPNOTES_DATA`` where `paper` datasets live, and ``CLIPNOTES_DOWNLOAD=1`` allows
 downloads (never in ``mini``).
+
+``CLIPNOTES_PAPER_CHECK=1`` turns ``paper`` into *the paper check*: the same chapters and
+code path on the CPU, with the real open_clip architectures at random weights, small fake
+datasets in the real on-disk formats (:func:`clipnotes.fakes.write_paper_check_data`) and
+tiny counts, so every cell of every chapter's `paper` path executes in CI without a GPU or a
+download. Its numbers mean nothing, and chapters say so instead of asserting their claims.
 """
 from __future__ import annotations
 
@@ -38,6 +44,12 @@ class Profile:
     eval_batch_size: int
     train_batch_size: int
     n_test_per_domain: int         # mini: held-out images per domain
+    paper_check: bool = False      # paper at random weights on fake data, tiny counts, CPU (CI)
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the weights are random (the paper check): claims cannot hold, so they are not checked."""
+        return self.paper_check
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -112,6 +124,11 @@ def get_profile(name: str | None = None, *, seed: int | None = None, download: b
         return Profile("mini", seed, "cpu", "fp32", "clipnotes-mini", "shipped", "clipnotes-mini",
                        cache, data, False, eval_batch_size=512, train_batch_size=128,
                        n_test_per_domain=1000)
+    if os.environ.get("CLIPNOTES_PAPER_CHECK", "0").lower() in ("1", "true", "yes"):
+        root = cache / "paper-check"           # never mixed with a real paper run's features or data
+        return Profile("paper", seed, "cpu", "fp32", "ViT-B-32-quickgelu", "random", "ViT-B-16-quickgelu",
+                       root, root / "data", False, eval_batch_size=16, train_batch_size=4,
+                       n_test_per_domain=0, paper_check=True)
     if check and not torch.cuda.is_available():
         raise ClipnotesError("profile 'paper' needs a CUDA GPU and none was found; use profile 'mini' "
                              "or open the chapter in Colab with a GPU runtime")

@@ -196,3 +196,29 @@ def test_cw_margin():
     logits = torch.tensor([[2.0, 1.0, 0.0]])
     assert cw_margin(logits, torch.tensor([0])) == pytest.approx(-1.0)
     assert cw_margin(logits, torch.tensor([2]), confidence=0.5) == pytest.approx(0.5)
+
+
+def test_attack_budget_is_clap_s_except_in_the_paper_check(tmp_path, monkeypatch):
+    from clipnotes.clap import AttackBudget, attack_budget
+    from clipnotes.profiles import get_profile
+    assert attack_budget(get_profile("mini")) == AttackBudget(4, 20, None)
+    monkeypatch.setenv("CLIPNOTES_PAPER_CHECK", "1")
+    monkeypatch.setenv("CLIPNOTES_CACHE", str(tmp_path))
+    assert attack_budget(get_profile("paper")) == AttackBudget(1, 2, 4)
+
+
+def test_robust_accuracy_runs_the_steps_it_is_given():
+    import torch
+    from clipnotes.attacks import robust_accuracy
+    calls = []
+    lin = torch.nn.Linear(3 * 4 * 4, 2)
+
+    def classify(x):
+        calls.append(1)
+        return lin(x.flatten(1))
+    x, y = torch.rand(2, 3, 4, 4), torch.tensor([0, 1])
+    robust_accuracy(classify, x, y, "pgd", steps=3)
+    few = len(calls)
+    calls.clear()
+    robust_accuracy(classify, x, y, "pgd", steps=6)
+    assert len(calls) - few == 3
