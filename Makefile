@@ -95,11 +95,13 @@ times: $(STAMP)
 test: unit nbval site-strict test-paper
 	@echo "==> all tests passed"
 
-# On a CPU the model benchmarks run at small sizes; on a CUDA machine drop the size flags.
+# On a CPU the model benchmarks run at small sizes; on a CUDA machine drop the size flags
+# (gpu_check.py picks its own: every chapter's paper work at full size on a GPU, tiny on a CPU).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/render_speed.py
 	$(BIN)/python benchmarks/coop_epoch.py --model clipnotes-mini
 	$(BIN)/python benchmarks/finetune_throughput.py --batch 8 --steps 6
+	$(BIN)/python benchmarks/gpu_check.py $$($(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--tiny')")
 
 doctor: $(STAMP)
 	$(BIN)/python -m clipnotes doctor

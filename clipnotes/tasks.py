@@ -90,11 +90,15 @@ def zero_shot_benchmarks(profile: Profile) -> list[Benchmark]:
     return out
 
 
-def few_shot_indices(labels: Sequence[int], shots: int, seed: int = 0) -> np.ndarray:
-    """``shots`` random indices per class (all of a class if it has fewer), sorted."""
+def few_shot_indices(labels: Sequence[int], shots: int, seed: int = 0, most: float = 1.0) -> np.ndarray:
+    """``shots`` random indices per class (all of a class if it has fewer, at most the share
+    ``most`` of it), sorted."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    picks = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
+    picks = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        picks.append(rng.permutation(members)[:min(shots, int(len(members) * most))])
     return np.sort(np.concatenate(picks))
 
 
@@ -134,8 +138,9 @@ def clap_benchmark(profile: Profile, n_val: int = 1000, shots_pool: int = 16) ->
     choosing CLAP's inference weight, and a pool of labelled images for few-shot probes (``train``).
 
     mini: the world's test images, photos from another stream, and ``shots_pool`` images per
-    class and domain. paper: PACS; a fifth of its photos (seeded) is the source split and
-    leaves the test set; the few-shot pool is the test set itself, as in CLAP's code.
+    class and domain. paper: PACS; a fifth of its photos (seeded) is the source split, and
+    ``shots_pool`` images per class and domain (at most half a class) are the few-shot pool;
+    both leave the test set (CLAP's code draws its few-shot images from the test set itself).
     """
     if profile.name == "mini":
         w, n = World(profile.seed), len(CLASSNAMES)
@@ -149,13 +154,19 @@ def clap_benchmark(profile: Profile, n_val: int = 1000, shots_pool: int = 16) ->
     domains = {d: pacs(profile.data_dir, d) for d in PACS_DOMAINS}
     photo = domains["photo"]
     held = np.random.default_rng(profile.seed).permutation(len(photo))[:len(photo) // 5]
-    keep = np.setdiff1d(np.arange(len(photo)), held)
     val = take_files(photo, held, f"PACS-photo-val-s{profile.seed}")
-    domains["photo"] = take_files(photo, keep, f"PACS-photo-test-s{profile.seed}")
-    test = concat_files(list(domains.values()), f"PACS-test-s{profile.seed}")
-    groups = [d for d, ds in domains.items() for _ in range(len(ds))]
-    return Benchmark("PACS", test, test.classnames, [T.PHOTO_TEMPLATE], groups, train=test, val=val,
-                     train_groups=groups)
+    tests, pools = {}, {}
+    for d, ds in domains.items():               # the few-shot pool leaves the test set (CLAP's code draws from it)
+        rest = np.setdiff1d(np.arange(len(ds)), held) if d == "photo" else np.arange(len(ds))
+        pool = rest[few_shot_indices(ds.labels[rest], shots_pool, profile.seed, most=0.5)]   # the rest is tested
+        pools[d] = take_files(ds, pool, f"PACS-{d}-pool-s{profile.seed}")
+        tests[d] = take_files(ds, np.setdiff1d(rest, pool), f"PACS-{d}-test-s{profile.seed}")
+    test = concat_files(list(tests.values()), f"PACS-test-s{profile.seed}")
+    pool = concat_files(list(pools.values()), f"PACS-pool-s{profile.seed}")
+    groups = [d for d, ds in tests.items() for _ in range(len(ds))]
+    return Benchmark("PACS", test, test.classnames, [T.PHOTO_TEMPLATE], groups, train=pool, val=val,
+                     train_groups=[d for d, ds in pools.items() for _ in range(len(ds))])
+
 
 
 def finetune_benchmark(profile: Profile, n_train: int = 4000, n_eval: int = 1000) -> Benchmark:

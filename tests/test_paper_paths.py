@@ -116,8 +116,11 @@ def test_clap_chapter_path(paper):
     fakes.write_fake_pacs(paper.data_dir, per_class=5)
     bench = tasks.clap_benchmark(paper)
     assert bench.classnames == ["dog", "elephant", "guitar"] and len(bench.val) == 3
-    assert len(bench.dataset) == 4 * 15 - 3 and len(bench.groups) == len(bench.dataset)
+    assert len(bench.dataset) + len(bench.train) == 4 * 15 - 3 and len(bench.groups) == len(bench.dataset)
     assert not set(bench.val.paths) & set(bench.dataset.paths)
+    assert not set(bench.train.paths) & (set(bench.dataset.paths) | set(bench.val.paths))   # the pool leaves the test
+    pool_cells = set(zip(bench.train_groups, bench.train.labels.tolist()))
+    assert len(pool_cells) == 4 * 3 and len(bench.train_groups) == len(bench.train)     # every domain and class
     torch.manual_seed(0)
     vit_b16 = create_paper("ViT-B-16-quickgelu", pretrained=None)
     test = encode_dataset(vit_b16, bench.dataset, paper.cache_dir, batch_size=8, normalize=False)

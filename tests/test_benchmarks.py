@@ -1,0 +1,17 @@
+"""The GPU check (benchmarks/gpu_check.py) runs every chapter's row at a tiny size on the CPU."""
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_every_chapter_at_a_tiny_size(capsys):
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    rows = gpu_check.main(["--tiny", "--device", "cpu"])
+    chapters = {c.strip() for r in rows for c in r.chapter.replace("-", ",").split(",")}
+    assert {"02", "04", "05", "06", "07", "08", "09"} <= chapters, chapters
+    assert all(r.seconds > 0 and r.precision == "fp32" for r in rows)
+    out = capsys.readouterr().out
+    assert "peak GiB" in out and "total" in out
