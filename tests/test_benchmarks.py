@@ -1,5 +1,6 @@
 """The GPU check (benchmarks/gpu_check.py) runs every chapter's row at a tiny size on the CPU."""
 import importlib.util
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -8,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_runs_every_chapter_at_a_tiny_size(capsys):
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu_check                 # dataclasses look their module up there
     spec.loader.exec_module(gpu_check)
     rows = gpu_check.main(["--tiny", "--device", "cpu"])
     chapters = {c.strip() for r in rows for c in r.chapter.replace("-", ",").split(",")}
