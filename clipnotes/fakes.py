@@ -91,10 +91,12 @@ PAPER_CHECK_SIZES = dict(cifar_train=40, cifar_test=10, shifts=8, coop_classes=6
 
 def write_paper_check_data(root: str | Path, seed: int = 0) -> Path:
     """Every dataset the `paper` profile reads, as small fake copies in the real formats, under
-    ``root`` (the paper check's data directory; written once, atomically marked complete)."""
+    ``root`` (the paper check's data directory; written once per size table and seed, then marked
+    complete — a copy written at other sizes is written again)."""
     root = Path(root)
     done = root / ".complete"
-    if done.exists():
+    stamp = json.dumps({"sizes": PAPER_CHECK_SIZES, "seed": seed}, sort_keys=True)
+    if done.exists() and done.read_text() == stamp:
         return root
     n = PAPER_CHECK_SIZES
     for name in ("cifar10", "cifar100"):
@@ -103,5 +105,5 @@ def write_paper_check_data(root: str | Path, seed: int = 0) -> Path:
     for name in COOP_DATASETS:
         write_fake_coop(root, name, n_classes=n["coop_classes"], per_split=n["coop_per_split"], seed=seed)
     write_fake_pacs(root, ("dog", "elephant", "giraffe", "guitar"), per_class=n["pacs_per_class"], seed=seed)
-    done.write_text("fake copies for the paper check\n")
+    done.write_text(stamp)
     return root

@@ -35,6 +35,15 @@ def test_setup_writes_fake_data_that_every_benchmark_loads(check, monkeypatch, c
         cifar("cifar10", prof.data_dir)
 
 
+def test_fake_data_written_at_other_sizes_is_written_again(tmp_path, monkeypatch):
+    from clipnotes import fakes
+    fakes.write_paper_check_data(tmp_path)
+    stamp = (tmp_path / ".complete").read_text()
+    monkeypatch.setitem(fakes.PAPER_CHECK_SIZES, "cifar_test", fakes.PAPER_CHECK_SIZES["cifar_test"] + 1)
+    fakes.write_paper_check_data(tmp_path)
+    assert (tmp_path / ".complete").read_text() != stamp     # a stale copy would hide a size-dependent bug
+
+
 def test_claims_are_checked_except_at_random_weights(check, capsys):
     mini = get_profile("mini")
     with pytest.raises(AssertionError):
