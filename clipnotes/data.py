@@ -64,6 +64,10 @@ class ArrayDataset(torch.utils.data.Dataset):
         """The images at ``idx`` (an index array or a slice) as one (N, 3, H, W) uint8 tensor."""
         return torch.from_numpy(self.images_hwc[idx]).permute(0, 3, 1, 2).contiguous()
 
+    def subset(self, idx: np.ndarray, key: str) -> "ArrayDataset":
+        """The items at ``idx``, named ``key`` (a held-out split of a training set)."""
+        return ArrayDataset(self.images_hwc[idx], self.labels[idx], self.classnames, key)
+
     def batches(self, batch_size: int = 256):
         for s in range(0, len(self), batch_size):
             chunk = torch.from_numpy(self.images_hwc[s:s + batch_size]).permute(0, 3, 1, 2).contiguous()

@@ -54,6 +54,7 @@ class FinetuneConfig:
     carft_context: str = "templates"        # "templates" or "random" (the control)
     flyp_mask_same_class: bool = False      # FLYP's optional fix for same-class negatives
     head_init: str = "zero-shot"            # "zero-shot", "random" or "probe" (LP-FT), for ce and carft
+    freeze_head: bool = False               # train the image encoder only (PAINT's frozen zero-shot head)
     threads: int = 2
 
     def __post_init__(self):
@@ -65,6 +66,8 @@ class FinetuneConfig:
             raise ClipnotesError(f"unknown head_init {self.head_init!r}; use one of {HEAD_INITS}")
         if self.head_init != "zero-shot" and self.loss == "flyp":
             raise ClipnotesError("FLYP builds its head from the text tower: head_init applies to ce and carft only")
+        if self.freeze_head and self.loss == "flyp":
+            raise ClipnotesError("FLYP builds its head from the text tower: freeze_head applies to ce and carft only")
 
 
 def recipe(profile: Profile, loss: str = "ce", **overrides) -> FinetuneConfig:
@@ -124,6 +127,8 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
     if cfg.head_init != "zero-shot":
         init_head(start, bundle, train, classnames, templates, cfg, autocast)
     model = copy.deepcopy(start).train()
+    if cfg.freeze_head:
+        model.head.requires_grad_(False)
     loss_fn = build_loss(cfg, bundle, start, train, classnames, templates, list(captions or templates), autocast)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

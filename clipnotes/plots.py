@@ -1,6 +1,8 @@
 """The book's figures: one style, a few plot types every chapter reuses."""
 from __future__ import annotations
 
+import itertools
+
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -145,7 +147,7 @@ def method_map(curves: Mapping[str, "object"], points: Mapping[str, tuple[float,
         x, y = sweep[id_col].to_numpy(), sweep[ood_col].to_numpy()
         ax.plot(x, y, "-o", ms=3, color=c, label=f"{name} (α = 0 … 1)")
         ax.scatter([x[-1]], [y[-1]], marker="s", s=60, color=c, edgecolor="k", zorder=3)
-    for (name, (x, y)), c, m in zip(points.items(), colours[len(curves):], "*PXD^v"):
+    for (name, (x, y)), c, m in zip(points.items(), colours[len(curves):], itertools.cycle("*PXD^vhp<>8")):
         ax.scatter([x], [y], marker=m, s=140, color=c, edgecolor="k", zorder=4, label=name)
     ax.set(xlabel=f"{id_col} accuracy", ylabel=f"{ood_col} accuracy")
     if title:

@@ -170,21 +170,59 @@ def clap_benchmark(profile: Profile, n_val: int = 1000, shots_pool: int = 16) ->
 
 
 def finetune_benchmark(profile: Profile, n_train: int = 4000, n_eval: int = 1000) -> Benchmark:
-    """Chapters 5–7: training images (``train``), an ID test set (``dataset``) and OOD sets (``ood``).
+    """Chapters 5–7, 9–10: training images (``train``), a held-out ID split (``val``), an ID test
+    set (``dataset``) and OOD sets (``ood``).
 
-    mini: photos where colour predicts class (90 %) → the colour shift and four other styles.
-    paper: CIFAR-10 → CIFAR-10.1 and CIFAR-10.2 (``n_train``/``n_eval`` apply to mini only).
+    mini: photos where colour predicts class (90 %) → the colour shift and four other styles;
+    ``val`` is another stream of the same photos. paper: CIFAR-10 → CIFAR-10.1 and CIFAR-10.2;
+    ``val`` is a seeded tenth of CIFAR-10's training set, which ``train`` leaves out (model
+    soups' held-out split; ``n_train``/``n_eval`` apply to mini only).
     """
     if profile.name == "mini":
         spurious, domain = 0.9, "photo"
-        train, evals = World(profile.seed).finetune_sets(n_train, n_eval, spurious, domain)
+        w = World(profile.seed)
+        train, evals = w.finetune_sets(n_train, n_eval, spurious, domain)
         id_test = evals.pop("ID")
         return Benchmark(f"mini world: {domain}s, colour-class correlation {spurious:.0%}", id_test,
                          list(CLASSNAMES), list(T.MINI_TEMPLATES), train=train, ood=evals,
-                         caption_templates=list(T.MINI_PHOTO_TEMPLATES))
+                         caption_templates=list(T.MINI_PHOTO_TEMPLATES),
+                         val=w.dataset("finetune-val", n_eval, spurious=spurious, domain=domain))
     root = profile.data_dir
-    train = cifar("cifar10", root, train=True, download=profile.download, verify=not profile.paper_check)
+    full = cifar("cifar10", root, train=True, download=profile.download, verify=not profile.paper_check)
     test = cifar("cifar10", root, train=False, download=profile.download, verify=not profile.paper_check)
+    order = np.random.default_rng([profile.seed, 10]).permutation(len(full))
+    held, kept = np.sort(order[:len(full) // 10]), np.sort(order[len(full) // 10:])
     ood = {"CIFAR-10.1": cifar10_shift("cifar10.1", root), "CIFAR-10.2": cifar10_shift("cifar10.2", root)}
     return Benchmark("CIFAR-10 → CIFAR-10.1, CIFAR-10.2", test, CIFAR10_CLASSNAMES,
-                     _templates(profile, T.CIFAR_TEMPLATES), train=train, ood=ood)
+                     _templates(profile, T.CIFAR_TEMPLATES), train=full.subset(kept, f"{full.cache_key}-train-s{profile.seed}"),
+                     ood=ood, val=full.subset(held, f"{full.cache_key}-val-s{profile.seed}"))
+
+
+def patching_benchmarks(profile: Profile, n_train: int = 4000, n_eval: int = 1000) -> tuple[Benchmark, Benchmark]:
+    """Chapter 10's PAINT section: the *patching* task the zero-shot model is bad at (with
+    ``train``) and a *supported* task it should keep; each with a held-out split (``val``) for
+    choosing the mixing coefficient.
+
+    mini: the object's size (small, medium, large) in photos — "medium" is never said in the
+    world's captions — patched; the shapes in all five styles (the start of chapter 2's test
+    set, ``n_eval`` images) supported. paper: EuroSAT (CoOp's split and hand prompt) patched,
+    CIFAR-10 supported (its held-out split: a seeded 1,000 of its training set), as PAINT pairs
+    a satellite task with a generic one; ``n_train``/``n_eval`` apply to mini only.
+    """
+    if profile.name == "mini":
+        w = World(profile.seed)
+        size = lambda stream, n: w.dataset(stream, n, domain="photo").relabelled("size")
+        patch = Benchmark("mini world: object size (photos)", size("patch-test", n_eval), list(world.SIZES),
+                          list(T.MINI_SIZE_TEMPLATES), train=size("patch-train", n_train), val=size("patch-val", n_eval // 2))
+        per_style = n_eval // len(DOMAINS)
+        supported = Benchmark("mini world: shapes, five styles", w.zero_shot_test(per_style), list(CLASSNAMES),
+                              [T.PHOTO_TEMPLATE], val=w.zero_shot_test(per_style // 2, stream="paint-val"))
+        return patch, supported
+    root = profile.data_dir
+    train, val, test = (coop_dataset("EuroSAT", root, split) for split in ("train", "val", "test"))
+    patch = Benchmark("EuroSAT", test, test.classnames, [T.COOP_HAND_PROMPTS["EuroSAT"]], train=train, val=val)
+    cifar10 = cifar("cifar10", root, train=False, download=profile.download, verify=not profile.paper_check)
+    full = cifar("cifar10", root, train=True, download=profile.download, verify=not profile.paper_check)
+    held = np.sort(np.random.default_rng([profile.seed, 11]).permutation(len(full))[:1000])
+    return patch, Benchmark("CIFAR-10", cifar10, cifar10.classnames, _templates(profile, T.CIFAR_TEMPLATES),
+                            val=full.subset(held, f"{full.cache_key}-paint-val-s{profile.seed}"))

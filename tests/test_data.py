@@ -76,19 +76,23 @@ def test_few_shot_indices_are_balanced_and_seeded():
 
 
 def test_finetune_benchmark_paper_reads_cifar10_and_its_shifts(tmp_path, no_md5, monkeypatch):
-    fakes.write_fake_cifar(tmp_path, "cifar10", n_train=10, n_test=6)
+    fakes.write_fake_cifar(tmp_path, "cifar10", n_train=20, n_test=6)
     fakes.write_fake_cifar10_shifts(tmp_path, n=4)
     monkeypatch.setenv("CLIPNOTES_DATA", str(tmp_path))
     bench = tasks.finetune_benchmark(get_profile("paper", check=False))
     assert list(bench.eval_sets) == ["ID", "CIFAR-10.1", "CIFAR-10.2"] and bench.ood_names == ["CIFAR-10.1", "CIFAR-10.2"]
-    assert len(bench.train) == 10 and len(bench.eval_sets["CIFAR-10.2"]) == 4 and len(bench.templates) == 18
+    assert len(bench.train) == 18 and len(bench.val) == 2 and len(bench.eval_sets["CIFAR-10.2"]) == 4
+    assert len(bench.templates) == 18
+    train_images = {bytes(x.numpy()) for x in bench.train.images(np.arange(18))}
+    assert not train_images & {bytes(x.numpy()) for x in bench.val.images(np.arange(2))}   # soups' held-out split
     assert bench.captions == bench.templates            # every CIFAR template says "photo": all are FLYP captions
 
 
 def test_finetune_benchmark_mini_has_id_and_five_ood_sets():
     bench = tasks.finetune_benchmark(get_profile("mini"), n_train=50, n_eval=20)
     assert bench.eval_sets["ID"] is not None and len(bench.ood_names) == 5
-    assert len(bench.train) == 50 and all(len(d) == 20 for d in bench.eval_sets.values())
+    assert len(bench.train) == 50 and all(len(d) == 20 for d in bench.eval_sets.values()) and len(bench.val) == 20
+    assert bench.val.cache_key not in {bench.train.cache_key, bench.dataset.cache_key}
     assert set(bench.captions) < set(bench.templates)   # photos are not captioned "a sketch of a …"
 
 

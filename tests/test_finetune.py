@@ -263,3 +263,13 @@ def test_frozen_features_are_encoded_once_per_weights(bundle, train):
     with torch.no_grad():
         a.visual.proj.mul_(2.0) if getattr(a.visual, "proj", None) is not None else next(a.visual.parameters()).mul_(2.0)
     assert frozen_features(a, train, bundle.preprocess) is not first          # other weights: encoded again
+
+
+def test_freeze_head_trains_the_encoder_behind_a_fixed_head(bundle, train):
+    """PAINT (chapter 10): the patching task's zero-shot head stays as it was."""
+    cfg = FinetuneConfig(steps=3, batch_size=8, warmup=1, lr=1e-4, threads=1, freeze_head=True)
+    run = finetune(bundle, train.relabelled("size"), list(W.SIZES), ["a photo of a {} shape."], cfg, quiet=True)
+    assert torch.equal(run.end.head.weight, run.start.head.weight) and run.end.head.weight.shape[0] == 3
+    assert any(not torch.equal(p, q) for p, q in zip(run.end.visual.parameters(), run.start.visual.parameters()))
+    with pytest.raises(ClipnotesError, match="freeze_head"):
+        FinetuneConfig(loss="flyp", freeze_head=True)

@@ -131,24 +131,31 @@ class WorldDataset(torch.utils.data.Dataset):
     For speed, use :meth:`batches`, which renders whole batches at once.
     """
 
-    def __init__(self, world: World, split: Split):
-        self.world, self.split = world, split
+    def __init__(self, world: World, split: Split, label: str = "shape"):
+        if label not in FACTOR_VALUES:
+            raise ValueError(f"unknown label factor {label!r}; use one of {tuple(FACTOR_VALUES)}")
+        self.world, self.split, self.label = world, split, label
         self.factors = world.factors(split)
-        self.classnames = list(CLASSNAMES)
+        self.classnames = list(FACTOR_VALUES[label])
+
+    def relabelled(self, factor: str) -> "WorldDataset":
+        """The same images labelled by another factor, e.g. ``"size"`` (chapter 10's patching task)."""
+        return WorldDataset(self.world, self.split, factor)
 
     def __len__(self) -> int:
         return self.split.n
 
     @property
     def labels(self) -> np.ndarray:
-        return self.factors.shape
+        return getattr(self.factors, self.label)
 
     @property
     def cache_key(self) -> str:
-        return f"world-v{WORLD_VERSION}-s{self.world.seed}-{self.split}"
+        by = "" if self.label == "shape" else f"-by-{self.label}"
+        return f"world-v{WORLD_VERSION}-s{self.world.seed}-{self.split}{by}"
 
     def __getitem__(self, i: int):
-        return render(self.factors.subset(slice(i, i + 1)))[0], int(self.factors.shape[i])
+        return render(self.factors.subset(slice(i, i + 1)))[0], int(self.labels[i])
 
     def images(self, idx: np.ndarray | slice | None = None) -> torch.Tensor:
         f = self.factors if idx is None else self.factors.subset(idx)
@@ -162,4 +169,4 @@ class WorldDataset(torch.utils.data.Dataset):
         """Yield ``(uint8 images, labels)`` in order, rendered a batch at a time."""
         for s in range(0, len(self), batch_size):
             sl = slice(s, min(s + batch_size, len(self)))
-            yield render(self.factors.subset(sl)), torch.from_numpy(self.factors.shape[sl])
+            yield render(self.factors.subset(sl)), torch.from_numpy(self.labels[sl])
