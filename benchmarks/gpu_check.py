@@ -98,7 +98,7 @@ def write_data(root: Path, size: Size) -> None:
 
 
 def run(device: str, size: Size, root: Path) -> list[Row]:
-    """Every row of the table (chapters 2–9), on ``device`` with fake data written under ``root``."""
+    """Every row of the table (chapters 2–9 and 11), on ``device`` with fake data written under ``root``."""
     cuda = device.startswith("cuda")
     base = get_profile("paper", check=False)
     precision = ("bf16" if native_bf16() else "fp16") if cuda else "fp32"
@@ -128,6 +128,10 @@ def run(device: str, size: Size, root: Path) -> list[Row]:
     with timed(rows, "04", f"CoOp, {len(pool)} shots x {epochs} epochs, B/16", len(pool) * epochs, device, label):
         coop.train_coop(b16, coop.PromptLearner(b16, few.classnames, init="a photo of a"), pool.features, pool.labels,
                         epochs=epochs, lr=coop.coop_lr(b16))
+    epochs = coop.COCOOP_EPOCHS if size == FULL else 1
+    with timed(rows, "11", f"CoCoOp, {len(pool)} shots x {epochs} epochs at batch 1, B/16", len(pool) * epochs,
+               device, label):
+        coop.fit_cocoop(b16, few.classnames, pool.features, pool.labels, max_epochs=epochs)
 
     ft = dataclasses.replace(tasks.finetune_benchmark(profile), templates=templates)
     for loss, chapter in (("ce", "05, 09"), ("flyp", "06"), ("carft", "07")):

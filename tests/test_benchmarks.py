@@ -13,7 +13,18 @@ def test_gpu_check_runs_every_chapter_at_a_tiny_size(capsys):
     spec.loader.exec_module(gpu_check)
     rows = gpu_check.main(["--tiny", "--device", "cpu"])
     chapters = {c.strip() for r in rows for c in r.chapter.replace("-", ",").split(",")}
-    assert {"02", "04", "05", "06", "07", "08", "09"} <= chapters, chapters
+    assert {"02", "04", "05", "06", "07", "08", "09", "11"} <= chapters, chapters
     assert all(r.seconds > 0 and r.precision == "fp32" for r in rows)
     out = capsys.readouterr().out
     assert "peak GiB" in out and "total" in out
+
+
+def test_coop_epoch_benchmark_times_coop_and_cocoop(capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("coop_epoch", ROOT / "benchmarks" / "coop_epoch.py")
+    coop_epoch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coop_epoch)
+    monkeypatch.setattr(sys, "argv", ["coop_epoch", "--model", "clipnotes-mini", "--classes", "3", "--shots", "2",
+                                      "--batch", "4", "--epochs", "1", "--device", "cpu"])
+    coop_epoch.main()
+    out = capsys.readouterr().out
+    assert "cached features" in out and "CoCoOp, cached, batch 1" in out

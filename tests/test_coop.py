@@ -7,15 +7,18 @@ from clipnotes.utils import ClipnotesError
 
 NAMES = ["star", "heart", "circle"]
 
+#: The tiny CLIP and a real architecture at random weights (the paper path).
+BOTH_MODELS = pytest.mark.parametrize("make", [lambda: create_mini("shipped"),
+                                               lambda: create_paper("ViT-B-16-quickgelu", pretrained=None)],
+                                      ids=["mini", "ViT-B-16 random"])
+
 
 def _real_prompt_features(bundle, template):
     with torch.no_grad():
         return bundle.encode_texts([template.format(c) for c in NAMES])
 
 
-@pytest.mark.parametrize("make", [lambda: create_mini("shipped"),
-                                  lambda: create_paper("ViT-B-16-quickgelu", pretrained=None)],
-                         ids=["mini", "ViT-B-16 random"])
+@BOTH_MODELS
 def test_context_initialised_from_words_equals_the_real_prompt(make):
     bundle = make()
     pl = PromptLearner(bundle, NAMES, init="a photo of a")
@@ -25,9 +28,7 @@ def test_context_initialised_from_words_equals_the_real_prompt(make):
     assert torch.allclose(learned, _real_prompt_features(bundle, "a photo of a {}."), atol=1e-5)
 
 
-@pytest.mark.parametrize("make", [lambda: create_mini("shipped"),
-                                  lambda: create_paper("ViT-B-16-quickgelu", pretrained=None)],
-                         ids=["mini", "ViT-B-16 random"])
+@BOTH_MODELS
 def test_encoding_from_embeddings_cuts_the_padding_and_changes_nothing(make):
     from clipnotes.models import encode_token_embeddings
     bundle = make()
@@ -142,3 +143,84 @@ def test_few_shot_curves_and_base_to_new_tables():
     assert list(b2n.method) == ["hand prompt", "CoOp"] * 2
     row = b2n.iloc[1]
     assert row.H == pytest.approx(2 * row.base * row.new / (row.base + row.new))
+
+
+# --- CoCoOp (chapter 11) ---------------------------------------------------------------------------
+
+@BOTH_MODELS
+def test_conditional_prompt_with_zero_shift_is_the_real_prompt_for_every_image(make):
+    from clipnotes.coop import ConditionalPromptLearner
+    bundle = make()
+    cl = ConditionalPromptLearner(bundle, NAMES, init="a photo of a")
+    text_width, embed = bundle.model.text_projection.shape                   # CoCoOp: D → D/16 → W
+    assert cl.meta_net[0].out_features == max(1, embed // 16) and cl.meta_net[-1].out_features == text_width
+    with torch.no_grad():
+        cl.meta_net[-1].weight.zero_()
+        cl.meta_net[-1].bias.zero_()
+        feats = torch.nn.functional.normalize(torch.randn(2, embed), dim=-1)
+        per_image = cl.class_embeddings(bundle.model, feats)
+    assert per_image.shape == (2, len(NAMES), embed)
+    real = _real_prompt_features(bundle, "a photo of a {}.")
+    assert torch.allclose(per_image[0], real, atol=1e-5) and torch.allclose(per_image[1], real, atol=1e-5)
+
+
+def test_conditional_prompt_depends_on_the_image_and_trains_context_and_meta_net():
+    from clipnotes.coop import ConditionalPromptLearner
+    bundle = create_mini("shipped")
+    bundle.model.requires_grad_(False)
+    cl = ConditionalPromptLearner(bundle, NAMES, init="a photo of a", seed=1)
+    feats = torch.nn.functional.normalize(torch.randn(3, bundle.model.text_projection.shape[1]), dim=-1)
+    emb = cl.embeddings_for(feats).view(3, len(NAMES), -1, cl.prefix.shape[-1])
+    shift = cl.meta_net(feats)
+    assert torch.allclose(emb[1, 2, 1:1 + cl.n_ctx], cl.ctx + shift[1], atol=1e-6)      # v_m + π(x), every m
+    assert torch.equal(emb[0, 0, :1], cl.prefix[0]) and torch.equal(emb[2, 1, 1 + cl.n_ctx:], cl.suffix[1])
+    per_image = cl.class_embeddings(bundle.model, feats)
+    assert not torch.allclose(per_image[0], per_image[1])                              # the prompt follows x
+    cl.logits(bundle.model, feats, 10.0).logsumexp(1).sum().backward()
+    assert cl.ctx.grad is not None and all(p.grad is not None for p in cl.meta_net.parameters())
+    assert all(p.grad is None for p in bundle.model.parameters())
+    again = ConditionalPromptLearner(bundle, NAMES, init="a photo of a", seed=1)
+    assert torch.equal(again.meta_net[0].weight, cl.meta_net[0].weight)                # seeded
+    new = cl.for_classes(bundle, ["square", "cross"])
+    assert torch.equal(new.ctx, cl.ctx) and torch.equal(new.meta_net[2].weight, cl.meta_net[2].weight)
+    assert new.class_embeddings(bundle.model, feats).shape == (3, 2, feats.shape[1])
+
+
+def test_cocoop_trains_at_batch_one_and_base_to_new_compares_it_with_coop():
+    from clipnotes.coop import (COCOOP_EPOCHS, ConditionalPromptLearner, base_to_new, base_to_new_runs, fit_cocoop,
+                                prompt_accuracy)
+    bundle = create_mini("shipped")
+    names = ["star", "heart", "circle", "square"]
+    dim = bundle.encode_texts(["star"]).shape[1]
+    pool, test = _fake_features(8, dim, seed=0), _fake_features(5, dim, seed=1)
+    learner = fit_cocoop(bundle, names, pool.features[:8], pool.labels[:8], max_epochs=2)
+    acc = prompt_accuracy(bundle, learner, test.features, test.labels, batch_size=3)   # batched = whole
+    assert acc == prompt_accuracy(bundle, learner, test.features, test.labels, batch_size=100)
+    assert COCOOP_EPOCHS == 10
+    run = base_to_new_runs(bundle, pool, test, names, "a photo of a {}.", shots=2, draws=2, max_epochs=2,
+                           methods=("CoOp", "CoCoOp"))
+    b2n = run.table
+    assert list(b2n.method) == ["hand prompt", "CoOp", "CoCoOp"] * 2
+    assert (b2n.seconds[b2n.method != "hand prompt"] > 0).all() and b2n[["base", "new"]].stack().between(0, 1).all()
+    assert len(run.shots[1][1]) == 2 * 2 and set(run.shots[1][1].tolist()) == {0, 1}      # 2 shots of 2 base classes
+    h = b2n.pivot(index="draw", columns="method", values="H")
+    gap = run.gap("CoCoOp", "CoOp", "H")
+    assert gap.diff == pytest.approx((h["CoCoOp"] - h["CoOp"]).mean()) and gap.se >= 0
+    same = run.gap("CoOp", "CoOp", "new")
+    assert same.diff == 0 and same.se == 0                                             # paired: no noise
+    assert isinstance(run.learners["CoCoOp", 0], ConditionalPromptLearner)
+    with pytest.raises(ClipnotesError, match="unknown prompt learner"):
+        base_to_new(bundle, pool, test, names, "a photo of a {}.", shots=2, draws=1, methods=("MaPLe",))
+
+
+def test_unconditioned_cocoop_is_the_context_plus_the_mean_shift():
+    from clipnotes.coop import ConditionalPromptLearner
+    bundle = create_mini("shipped")
+    cl = ConditionalPromptLearner(bundle, NAMES, init="a photo of a", seed=2)
+    feats = torch.nn.functional.normalize(torch.randn(4, bundle.model.text_projection.shape[1]), dim=-1)
+    plain = cl.unconditioned(bundle, feats)
+    with torch.no_grad():
+        assert torch.allclose(plain.ctx, cl.ctx + cl.meta_net(feats).mean(0))
+        same = feats[:1].expand(3, -1)                   # one image: its shift is the mean shift
+        assert torch.allclose(cl.unconditioned(bundle, same)(bundle.model), cl.class_embeddings(bundle.model, same)[0],
+                              atol=1e-5)

@@ -91,7 +91,7 @@ def test_flyp_and_carft_chapter_paths(paper, vit_b32, loss):
 
 
 def test_coop_chapter_path(paper, monkeypatch):
-    """Chapter 4 in `paper`: EuroSAT from CoOp's split file, ViT-B/16 features cached, CoOp on them."""
+    """Chapters 4 and 11 in `paper`: EuroSAT from CoOp's split file, ViT-B/16 features cached, CoOp and CoCoOp on them."""
     from clipnotes import coop
     fakes.write_fake_coop(paper.data_dir, "EuroSAT", n_classes=4, per_split=2)
     bench = tasks.few_shot_benchmark(paper, "EuroSAT")
@@ -105,8 +105,9 @@ def test_coop_chapter_path(paper, monkeypatch):
     curves = coop.few_shot_curves(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=(1,), draws=1,
                                      variants={"CoOp": dict(init="a photo of a")})
     assert set(curves.method) == {"hand prompt", "linear probe", "CoOp"}
-    b2n = coop.base_to_new(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=1, draws=1)
-    assert b2n[["base", "new", "H"]].notna().all().all()
+    b2n = coop.base_to_new(vit_b16, pool, test, bench.classnames, bench.templates[0], shots=1, draws=1, max_epochs=1,
+                           methods=("CoOp", "CoCoOp"))                     # chapter 11: CoCoOp on ViT-B/16
+    assert b2n[["base", "new", "H"]].notna().all().all() and list(b2n.method) == ["hand prompt", "CoOp", "CoCoOp"]
 
 
 def test_clap_chapter_path(paper):
