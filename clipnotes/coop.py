@@ -288,16 +288,24 @@ def fit_coop(bundle: ClipBundle, classnames: Sequence[str], features: torch.Tens
 COCOOP_EPOCHS, COCOOP_BATCH = 10, 1
 
 
-def fit_cocoop(bundle: ClipBundle, classnames: Sequence[str], features: torch.Tensor, labels: torch.Tensor,
-               shots: int = 16, seed: int = 0, max_epochs: int | None = None, batch_size: int = COCOOP_BATCH,
-               init: str = "a photo of a") -> ConditionalPromptLearner:
-    """A CoCoOp learner trained with its recipe (chapter 11): CoOp's SGD schedule and rescaled lr,
-    10 epochs at batch 1 whatever the shot count (``shots`` is accepted for a common signature)."""
-    learner = ConditionalPromptLearner(bundle, classnames, init=init, seed=seed)
+def train_on_cocoop_schedule(bundle: ClipBundle, learner: PromptLearner, features: torch.Tensor,
+                             labels: torch.Tensor, seed: int = 0, max_epochs: int | None = None,
+                             batch_size: int = COCOOP_BATCH) -> PromptLearner:
+    """CoCoOp's schedule (chapter 11): CoOp's SGD and rescaled lr for 10 epochs (at most
+    ``max_epochs``) at batch 1, whatever the learner."""
     epochs = COCOOP_EPOCHS if max_epochs is None else min(COCOOP_EPOCHS, max_epochs)
     train_coop(bundle, learner, features, labels, epochs=epochs, lr=coop_lr(bundle), batch_size=batch_size,
                seed=seed)
     return learner
+
+
+def fit_cocoop(bundle: ClipBundle, classnames: Sequence[str], features: torch.Tensor, labels: torch.Tensor,
+               shots: int = 16, seed: int = 0, max_epochs: int | None = None, batch_size: int = COCOOP_BATCH,
+               init: str = "a photo of a") -> ConditionalPromptLearner:
+    """A CoCoOp learner trained with its recipe (chapter 11), whatever the shot count (``shots`` is
+    accepted for a common signature)."""
+    learner = ConditionalPromptLearner(bundle, classnames, init=init, seed=seed)
+    return train_on_cocoop_schedule(bundle, learner, features, labels, seed, max_epochs, batch_size)
 
 
 def _fit_coop_b2n(bundle, classnames, features, labels, shots, seed=0, max_epochs=None):
@@ -312,15 +320,17 @@ def fit_coop_cocoop_schedule(bundle: ClipBundle, classnames: Sequence[str], feat
     """Chapter 11's control: CoOp's shared context (no meta-network) trained with CoCoOp's schedule,
     10 epochs at batch 1 — what CoCoOp gains from its recipe alone."""
     learner = PromptLearner(bundle, classnames, init="a photo of a", seed=seed)
-    epochs = COCOOP_EPOCHS if max_epochs is None else min(COCOOP_EPOCHS, max_epochs)
-    train_coop(bundle, learner, features, labels, epochs=epochs, lr=coop_lr(bundle), batch_size=COCOOP_BATCH,
-               seed=seed)
-    return learner
+    return train_on_cocoop_schedule(bundle, learner, features, labels, seed, max_epochs)
 
 
 #: The prompt learners base-to-new can compare, each ``fit(bundle, names, x, y, shots, seed, max_epochs)``.
 BASE_TO_NEW_LEARNERS = {"CoOp": _fit_coop_b2n, "CoCoOp": fit_cocoop,
                         "CoOp, CoCoOp's schedule": fit_coop_cocoop_schedule}
+
+
+def harmonic_mean(base, new):
+    """CoCoOp's H: the harmonic mean of base and new accuracy (floats or pandas columns)."""
+    return 2 * base * new / (base + new)
 
 
 def _relabel(labels: torch.Tensor, keep: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,7 +409,7 @@ class BaseToNew:
                 q = {}
                 for m in (a, b):
                     acc = {part: self.correct[m, d, part][idx[part]].mean() for part in n}
-                    q[m] = acc[quantity] if quantity in acc else 2 * acc["base"] * acc["new"] / (acc["base"] + acc["new"])
+                    q[m] = acc[quantity] if quantity in acc else harmonic_mean(acc["base"], acc["new"])
                 out.append(q[a] - q[b])
             return np.asarray(out)
 
@@ -451,7 +461,7 @@ def base_to_new_runs(bundle: ClipBundle, pool, test, classnames: Sequence[str], 
             rows.append(dict(method=name, draw=d, base=run.correct[name, d, "base"].mean(),
                              new=run.correct[name, d, "new"].mean(), seconds=seconds))
     run.table = pd.DataFrame(rows)
-    run.table["H"] = 2 * run.table["base"] * run.table["new"] / (run.table["base"] + run.table["new"])
+    run.table["H"] = harmonic_mean(run.table["base"], run.table["new"])
     return run
 
 
