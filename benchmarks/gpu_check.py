@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from clipnotes import attacks, clap, coop, fakes, tasks, templates as T
+from clipnotes import attacks, clap, coop, fakes, tasks, templates as T, tpt
 from clipnotes.classifiers import zero_shot_classifier
 from clipnotes.evaluate import EvalSets, frozen_features
 from clipnotes.features import encode_dataset
@@ -98,7 +98,7 @@ def write_data(root: Path, size: Size) -> None:
 
 
 def run(device: str, size: Size, root: Path) -> list[Row]:
-    """Every row of the table (chapters 2–9 and 11), on ``device`` with fake data written under ``root``."""
+    """Every row of the table (chapters 2–9, 11 and 12), on ``device`` with fake data written under ``root``."""
     cuda = device.startswith("cuda")
     base = get_profile("paper", check=False)
     precision = ("bf16" if native_bf16() else "fp16") if cuda else "fp32"
@@ -161,6 +161,16 @@ def run(device: str, size: Size, root: Path) -> list[Row]:
     with timed(rows, "08", f"PGD-{size.attack_steps} on {n} images, B/16", n * (size.attack_steps + 1), device,
                label):
         attacks.robust_accuracy(classify, images, labels, "pgd", steps=size.attack_steps, batch_size=64)
+
+    n_views = tpt.TPT_VIEWS if size == FULL else 2
+    shifted = pacs.dataset                          # chapter 12 reads chapter 8's PACS test split
+    with timed(rows, "12", f"TPT: {n_views} views of {len(shifted)} images encoded, B/16", len(shifted) * n_views,
+               device, label):
+        views = tpt.encode_views(b16, shifted, n_views, batch_size=max(1, size.eval_batch // n_views),
+                                 autocast=profile.autocast)
+    hand = coop.PromptLearner(b16, pacs.classnames, init="a photo of a")
+    with timed(rows, "12", f"TPT: one step per image, {len(shifted)} images, B/16", len(shifted), device, label):
+        tpt.tpt_logits(b16, hand, views, steps=1)
     return rows
 
 

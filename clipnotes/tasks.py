@@ -169,6 +169,29 @@ def clap_benchmark(profile: Profile, n_val: int = 1000, shots_pool: int = 16) ->
 
 
 
+def tpt_benchmark(profile: Profile, per_style: int | None = None, shots: int = 16) -> Benchmark:
+    """Chapter 12's task: ``per_style`` test images of every style (``groups``), classified one at a
+    time, and ``shots`` labelled photos per class (``train``) for the CoOp context TPT can start from.
+
+    mini: a fresh stream of the world's five styles (100 per style by default); paper: PACS's
+    four domains, a seeded ``per_style`` (default 500) of chapter 8's test split of each, the
+    shots from chapter 8's photo pool. Photos are the source style in both.
+    """
+    if profile.name == "mini":
+        w, n = World(profile.seed), len(CLASSNAMES)
+        test = w.zero_shot_test(per_style or 100, stream="tpt")
+        return Benchmark("mini world: five styles", test, list(CLASSNAMES), [T.PHOTO_TEMPLATE],
+                         test.factors.named("domain"), train=w.domain_split("photo", shots * n, stream="tpt-shots"))
+    pacs_task = clap_benchmark(profile, shots_pool=shots)
+    groups, rng = np.array(pacs_task.groups), np.random.default_rng([profile.seed, 12])
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(groups == d))[:per_style or 500]
+                                   for d in PACS_DOMAINS]))
+    photos = np.flatnonzero(np.array(pacs_task.train_groups) == "photo")
+    return Benchmark("PACS", take_files(pacs_task.dataset, keep, f"PACS-tpt-s{profile.seed}-{per_style or 500}"),
+                     pacs_task.classnames, pacs_task.templates, groups[keep].tolist(),
+                     train=take_files(pacs_task.train, photos, f"PACS-tpt-shots-s{profile.seed}"))
+
+
 def finetune_benchmark(profile: Profile, n_train: int = 4000, n_eval: int = 1000) -> Benchmark:
     """Chapters 5–7, 9–10: training images (``train``), a held-out ID split (``val``), an ID test
     set (``dataset``) and OOD sets (``ood``).

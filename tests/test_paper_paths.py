@@ -155,3 +155,26 @@ def test_lpft_chapter_path(paper, vit_b32):
     assert not torch.allclose(runs["random"].start.head.weight, start.head.weight)
     evals = EvalSets(vit_b32, bench.eval_sets, batch_size=2)
     assert set(evals.accuracy(runs["probe"].end)) == {"ID", "CIFAR-10.1", "CIFAR-10.2"}
+
+
+def test_tpt_chapter_path(paper):
+    """Chapter 12 in `paper`: PACS's four domains, a seeded few per domain, ViT-B/16 views cached, TPT from the
+    hand prompt and from a CoOp context learned on the photo shots."""
+    from clipnotes import coop, tpt
+    fakes.write_fake_pacs(paper.data_dir, per_class=5)
+    bench = tasks.tpt_benchmark(paper, per_style=2, shots=1)
+    assert sorted(set(bench.groups)) == sorted(D.PACS_DOMAINS) and len(bench.dataset) == 2 * len(D.PACS_DOMAINS)
+    clap = tasks.clap_benchmark(paper, shots_pool=1)
+    assert set(bench.dataset.paths) <= set(clap.dataset.paths)                 # chapter 8's test split
+    assert len(bench.train) == 3 and all("photo" in str(p) for p in bench.train.paths)
+    torch.manual_seed(0)
+    vit_b16 = create_paper("ViT-B-16-quickgelu", pretrained=None)
+    views = tpt.encode_views(vit_b16, bench.dataset, n_views=3, cache_dir=paper.cache_dir, batch_size=4)
+    assert views.shape == (8, 3, 512)
+    shots = encode_dataset(vit_b16, bench.train, paper.cache_dir, batch_size=4)
+    learned = coop.fit_coop(vit_b16, bench.classnames, shots.features, shots.labels, shots=1, max_epochs=1,
+                            init="a photo of a")
+    hand = coop.PromptLearner(vit_b16, bench.classnames, init="a photo of a")
+    for start in (hand, learned):
+        out = tpt.tpt_logits(vit_b16, start, views, steps=1, keep=0.5)
+        assert out.shape == (8, 3) and torch.isfinite(out).all()
