@@ -66,6 +66,13 @@ class Profile:
         """Whether training needs a gradient scaler (fp16 autocast on CUDA; bf16 does not)."""
         return self.device.startswith("cuda") and self.precision == "fp16"
 
+    @property
+    def world_cache_dir(self) -> Path:
+        """Where runs that depend on the mini world alone are kept (chapter 1's pretraining runs):
+        one place for every profile, so the paper check reuses what the `mini` run trained (it
+        keeps its own features, runs and fake data apart, in ``cache_dir``)."""
+        return self.cache_dir.parent if self.paper_check else self.cache_dir
+
     def with_seed(self, seed: int) -> "Profile":
         return replace(self, seed=int(seed))
 

@@ -20,6 +20,8 @@ def test_the_paper_check_is_paper_on_the_cpu_at_random_weights(check, tmp_path):
     assert check.random_weights and check.model == "ViT-B-32-quickgelu" and check.frozen_model == "ViT-B-16-quickgelu"
     assert check.cache_dir == tmp_path / "paper-check"          # never mixed with a real paper run's cache
     assert not get_profile("mini").random_weights
+    # runs that depend on the mini world alone (chapter 1's pretraining) are shared with the mini run
+    assert check.world_cache_dir == get_profile("mini").world_cache_dir == get_profile("mini").cache_dir == tmp_path
 
 
 def test_setup_writes_fake_data_that_every_benchmark_loads(check, monkeypatch, capsys):

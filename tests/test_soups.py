@@ -145,3 +145,11 @@ def test_paper_patching_reads_eurosat_and_cifar10(tmp_path, monkeypatch):
     patch, supported = patching_benchmarks(get_profile("paper", check=False))
     assert patch.name == "EuroSAT" and len(patch.train) == len(patch.val) == len(patch.dataset) == 8
     assert supported.name == "CIFAR-10" and len(supported.dataset) == 6 and len(supported.val) == 20
+
+
+def test_paint_alpha_grid_runs_from_zero_shot_to_fine_tuned(monkeypatch):
+    from clipnotes.patching import PAINT_ALPHAS, alpha_grid
+    assert alpha_grid(get_profile("mini")) == PAINT_ALPHAS and PAINT_ALPHAS[0] == 0.0 and PAINT_ALPHAS[-1] == 1.0
+    monkeypatch.setenv("CLIPNOTES_PAPER_CHECK", "1")
+    check = alpha_grid(get_profile("paper"))
+    assert check[0] == 0.0 and check[-1] == 1.0 and len(check) < len(PAINT_ALPHAS)
