@@ -27,7 +27,8 @@ help:
 	@echo "make test   - set up .venv, unit tests, every notebook under nbval, the strict site built from that execution,"
 	@echo "              and the paper check (make test-paper)"
 	@echo "make test-paper - every chapter's paper path under nbval on this CPU: real architectures at random"
-	@echo "              weights, fake datasets in the real formats, tiny counts; claims reported, not checked"
+	@echo "              weights, fake datasets in the real formats, tiny counts, on a pretend GPU that refuses"
+	@echo "              CPU tensors (as CUDA does); claims reported, not checked"
 	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 to 4 too (claims must not hang on one seed)"
 	@echo "make times  - every chapter cold (empty cache) and warm: seconds and slowest cells"
 	@echo "make bench  - run the benchmarks in benchmarks/"
@@ -76,10 +77,11 @@ site-strict: $(STAMP)
 	$(BIN)/python -m clipnotes assemble-site --executed $(EXECUTED) --out _build/site-src
 	$(BIN)/jupyter-book build _build/site-src --path-output $(CURDIR) -W --keep-going
 
-# The paper check: every chapter's `paper` path, cell by cell, at random weights on fake data.
+# The paper check: every chapter's `paper` path, cell by cell, at random weights on fake data,
+# on a pretend GPU (clipnotes/pretend_gpu.py) so that a CPU tensor meeting a GPU one fails here.
 test-paper: $(STAMP)
-	@echo "==> every notebook's paper path under nbval (the paper check: random weights, fake data, CPU)"
-	CLIPNOTES_PROFILE=paper CLIPNOTES_PAPER_CHECK=1 $(NBVAL)
+	@echo "==> every notebook's paper path under nbval (the paper check: random weights, fake data, a pretend GPU)"
+	CLIPNOTES_PROFILE=paper CLIPNOTES_PAPER_CHECK=1 CLIPNOTES_PRETEND_GPU=1 $(NBVAL)
 
 seeds: $(STAMP)
 	@for s in 1 2 3 4; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \

@@ -8,6 +8,8 @@ call), after the model is built and the data written:
 
     python benchmarks/gpu_check.py            # on a CUDA machine (a few minutes on an H100)
     python benchmarks/gpu_check.py --tiny     # the CPU smoke test: a few images, a step each
+    python benchmarks/gpu_check.py --tiny --device pretend-gpu   # the same on a pretend GPU: a CPU
+                                              # tensor meeting the model fails, as on CUDA
 
 The numbers say whether a chapter fits a GPU's memory (a Colab T4 has 15 GiB) and how long
 its `paper` run takes; they are not accuracies (the weights are random).
@@ -30,6 +32,7 @@ from clipnotes.evaluate import EvalSets, frozen_features
 from clipnotes.features import encode_dataset
 from clipnotes.finetune import finetune, recipe
 from clipnotes.models import create_paper
+from clipnotes.pretend_gpu import pretend_gpu
 from clipnotes.profiles import get_profile, native_bf16
 
 
@@ -177,18 +180,20 @@ def run(device: str, size: Size, root: Path) -> list[Row]:
 def main(argv: list[str] | None = None) -> list[Row]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a few images and a step each (the CPU test)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="'pretend-gpu': clipnotes.pretend_gpu's device, where a CPU tensor meeting the model fails")
     args = ap.parse_args(argv)
+    pretend = args.device == "pretend-gpu"
     os.environ.setdefault("TQDM_DISABLE", "1")                  # the table is the output
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here: run with --tiny --device cpu for the smoke test")
     size = TINY if args.tiny else FULL
-    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "pretend GPU" if pretend else "CPU"
     print(f"{gpu} · random weights · fake data · {'tiny' if args.tiny else 'full'} size")
     print(f"{'chapter':<8} {'work':<44} {'seconds':>8} {'images/s':>9} {'peak GiB':>9}  precision")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = run(args.device, size, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, (pretend_gpu() if pretend else contextlib.nullcontext()) as dev:
+        rows = run(str(dev) if pretend else args.device, size, Path(tmp))
     print(f"total {time.perf_counter() - t0:.0f} s (data writing and model building included)")
     return rows
 

@@ -26,6 +26,10 @@ def setup(profile: str | None = None, seed: int | None = None, download: bool | 
         write_paper_check_data(prof.data_dir)
         print("PAPER CHECK: the paper path on the CPU, at random weights, on fake data in the real formats; "
               "its numbers mean nothing and the claims are not checked")
+    if prof.device == "meta":
+        from .pretend_gpu import start
+        start()
+        print("PRETEND GPU: the model on a device apart from the CPU; a CPU tensor meeting it fails, as on CUDA")
     seed_everything(prof.seed)
     set_style()
     _STARTED = time.time()

@@ -11,6 +11,8 @@ code path on the CPU, with the real open_clip architectures at random weights, s
 datasets in the real on-disk formats (:func:`clipnotes.fakes.write_paper_check_data`) and
 tiny counts, so every cell of every chapter's `paper` path executes in CI without a GPU or a
 download. Its numbers mean nothing, and chapters say so instead of asserting their claims.
+With ``CLIPNOTES_PRETEND_GPU=1`` as well, the model lives on :mod:`clipnotes.pretend_gpu`'s
+device, where a CPU tensor meeting it fails as it would on CUDA.
 """
 from __future__ import annotations
 
@@ -115,6 +117,10 @@ def resolve_profile_name(name: str | None = None) -> str:
     return raw
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes")
+
+
 def get_profile(name: str | None = None, *, seed: int | None = None, download: bool | None = None,
                 check: bool = True) -> Profile:
     """The settings of profile ``name`` (see :func:`resolve_profile_name`; default ``mini``).
@@ -131,9 +137,10 @@ def get_profile(name: str | None = None, *, seed: int | None = None, download: b
         return Profile("mini", seed, "cpu", "fp32", "clipnotes-mini", "shipped", "clipnotes-mini",
                        cache, data, False, eval_batch_size=512, train_batch_size=128,
                        n_test_per_domain=1000)
-    if os.environ.get("CLIPNOTES_PAPER_CHECK", "0").lower() in ("1", "true", "yes"):
+    if _flag("CLIPNOTES_PAPER_CHECK"):
         root = cache / "paper-check"           # never mixed with a real paper run's features or data
-        return Profile("paper", seed, "cpu", "fp32", "ViT-B-32-quickgelu", "random", "ViT-B-16-quickgelu",
+        device = "meta" if _flag("CLIPNOTES_PRETEND_GPU") else "cpu"    # meta: clipnotes.pretend_gpu's device
+        return Profile("paper", seed, device, "fp32", "ViT-B-32-quickgelu", "random", "ViT-B-16-quickgelu",
                        root, root / "data", False, eval_batch_size=16, train_batch_size=4,
                        n_test_per_domain=0, paper_check=True)
     if check and not torch.cuda.is_available():
