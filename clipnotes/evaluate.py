@@ -116,6 +116,11 @@ def frozen_features(model: nn.Module, dataset: ImageDataset, preprocess: Callabl
     return _FROZEN[key]
 
 
+def _nbytes(outputs: dict) -> int:
+    """Bytes held by one model's cached outputs (``{"pred": {...}, "features": {...} or None}``)."""
+    return sum(t.numel() * t.element_size() for part in outputs.values() if part for t in part.values())
+
+
 def _autocast_tag(autocast: Callable | None) -> list:
     """What an autocast factory does on each device type (part of cache keys)."""
     with (autocast or no_autocast)():
@@ -131,6 +136,10 @@ class EvalSets:
     answer instead of running the encoder. The computation is ``model.classify(model.features(x))``,
     which is the model's ``forward``: the same numbers as evaluating it directly.
     """
+
+    #: Features and predictions kept in memory, oldest model dropped first: every model of a mini
+    #: chapter (about 3 MB each), a dozen or more at `paper` size (ViT-B/32 on CIFAR-10 and its shifts: 28 MB).
+    MEMO_BYTES = 512 * 2**20
 
     def __init__(self, bundle: ClipBundle, datasets: Mapping[str, ImageDataset], batch_size: int = 500,
                  cache_dir: str | Path | None = None):
@@ -162,7 +171,7 @@ class EvalSets:
         if path is not None and path.exists():
             hit = load_torch(path, "evaluation cache")
             if hit.get("features") is not None or not want_features:
-                self._memo[key] = hit
+                self._remember(key, hit)
                 return hit
         model.eval()
         ac = autocast or no_autocast
@@ -178,10 +187,14 @@ class EvalSets:
         out = {"pred": preds, "features": feats}
         if path is not None:
             save_torch(out if want_features else {"pred": preds, "features": None}, path)
-        if len(self._memo) >= 8:                           # keep a few models' features in memory
-            self._memo.pop(next(iter(self._memo)))
-        self._memo[key] = out
+        self._remember(key, out)
         return out
+
+    def _remember(self, key: str, out: dict) -> None:
+        """Keep ``out`` in memory, dropping the oldest models' outputs beyond :attr:`MEMO_BYTES`."""
+        self._memo[key] = out
+        while len(self._memo) > 1 and sum(_nbytes(o) for o in self._memo.values()) > self.MEMO_BYTES:
+            self._memo.pop(next(iter(self._memo)))
 
     def predictions(self, model: nn.Module, autocast: Callable | None = None) -> dict[str, torch.Tensor]:
         """``{set: predicted labels}`` of a classifier (``forward``'s argmax), evaluated once per weights."""

@@ -16,7 +16,7 @@ from torch import nn
 from .profiles import Profile
 
 from .utils import ClipnotesError, progress
-from .wise import wise
+from .wise import alphas, wise
 
 
 #: Chapter 10's grid of PAINT's mixing coefficient α (0 is the zero-shot model, 1 the fine-tuned one).
@@ -24,9 +24,8 @@ PAINT_ALPHAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 def alpha_grid(profile: Profile) -> tuple[float, ...]:
-    """Chapter 10's α grid; the paper check (ViT-B/32 on the CPU) takes three points: every line
-    of the sweep and the choice of α, with fewer evaluations of a large model."""
-    return (0.0, 0.5, 1.0) if profile.paper_check else PAINT_ALPHAS
+    """Chapter 10's α grid (:func:`clipnotes.wise.alphas`: three points in the paper check)."""
+    return alphas(profile, PAINT_ALPHAS)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from .utils import ClipnotesError, progress, save_json
 if TYPE_CHECKING:
     from .evaluate import EvalSets
     from .finetune import FinetuneRun
+    from .profiles import Profile
 
 
 def interpolate_state_dicts(theta0: Mapping[str, torch.Tensor], theta1: Mapping[str, torch.Tensor],
@@ -49,6 +50,16 @@ ALPHAS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
 #: A coarser sweep for the chapters that compare several methods' curves (half the evaluations).
 COARSE_ALPHAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+#: What every α grid becomes in the paper check (large models at random weights on the CPU):
+#: both ends and the middle, so every line of a sweep runs with a few evaluations.
+CHECK_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0)
+
+
+def alphas(profile: "Profile", grid: Sequence[float] = ALPHAS) -> tuple[float, ...]:
+    """The α grid a chapter sweeps (chapters 5–10): ``grid`` itself, or :data:`CHECK_ALPHAS` in
+    the paper check."""
+    return CHECK_ALPHAS if profile.paper_check else tuple(float(a) for a in grid)
 
 
 def wise_sweep(model0: nn.Module, model1: nn.Module, evaluate, alphas=ALPHAS, progress_bar: bool = True) -> list[dict]:

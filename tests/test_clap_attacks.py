@@ -201,10 +201,10 @@ def test_cw_margin():
 def test_attack_budget_is_clap_s_except_in_the_paper_check(tmp_path, monkeypatch):
     from clipnotes.clap import AttackBudget, attack_budget
     from clipnotes.profiles import get_profile
-    assert attack_budget(get_profile("mini")) == AttackBudget(4, 20, None)
+    assert attack_budget(get_profile("mini")) == AttackBudget(4, 20, None, (0.5 / 255, 1 / 255, 2 / 255, 4 / 255))
     monkeypatch.setenv("CLIPNOTES_PAPER_CHECK", "1")
     monkeypatch.setenv("CLIPNOTES_CACHE", str(tmp_path))
-    assert attack_budget(get_profile("paper")) == AttackBudget(1, 2, 4)
+    assert attack_budget(get_profile("paper")) == AttackBudget(1, 2, 2, (0.5 / 255, 1 / 255))
 
 
 def test_robust_accuracy_runs_the_steps_it_is_given():

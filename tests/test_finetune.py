@@ -230,6 +230,30 @@ def test_eval_sets_evaluate_each_weights_once(bundle, tmp_path):
     assert torch.allclose(feats.norm(dim=-1), torch.ones(24), atol=1e-5)
 
 
+def test_eval_sets_keep_every_model_within_their_memory_budget(bundle, monkeypatch):
+    """EvalSets keeps the features of as many models as its byte budget holds (chapter 10 asks
+    again for the features of models it evaluated many evaluations earlier), dropping the oldest."""
+    from clipnotes.classifiers import zero_shot_classifier
+    from clipnotes.evaluate import EvalSets
+    evals = EvalSets(bundle, {"ID": W.World(0).dataset("evalsets-memo-unit", 12)}, batch_size=12)
+    models = [zero_shot_classifier(bundle, NAMES, TEMPLATES[:1]) for _ in range(10)]
+    for i, m in enumerate(models):
+        with torch.no_grad():
+            m.head.weight.add_(0.01 * i)                     # ten distinct weights
+        evals.accuracy(m)
+    calls = []
+    forward = models[0].visual.forward
+    models[0].visual.forward = lambda x: calls.append(len(x)) or forward(x)
+    evals.features(models[0])                                # more than the old eight: still in memory
+    assert calls == []
+    one = sum(t.numel() * t.element_size() for part in evals._memo[next(iter(evals._memo))].values() for t in part.values())
+    monkeypatch.setattr(EvalSets, "MEMO_BYTES", 3 * one)     # room for three models
+    evals.accuracy(zero_shot_classifier(bundle, NAMES, TEMPLATES))
+    assert len(evals._memo) == 3
+    evals.features(models[0])                                # dropped: encoded again
+    assert calls == [12]
+
+
 def test_lpft_head_inits(bundle, train):
     """LP-FT's starting heads: a random head at the zero-shot scale, and chapter 5's linear
     classifier on the frozen features; the encoder starts at the zero-shot one in both."""

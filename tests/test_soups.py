@@ -147,9 +147,16 @@ def test_paper_patching_reads_eurosat_and_cifar10(tmp_path, monkeypatch):
     assert supported.name == "CIFAR-10" and len(supported.dataset) == 6 and len(supported.val) == 20
 
 
-def test_paint_alpha_grid_runs_from_zero_shot_to_fine_tuned(monkeypatch):
+def test_alpha_grids_are_the_chapters_own_in_mini_and_three_points_in_the_paper_check(monkeypatch):
+    """Every α grid of chapters 5–10 (WiSE-FT's, the coarse one, PAINT's, chapter 10's paths) is
+    unchanged in mini; the paper check sweeps 0, 0.5 and 1, the α the chapters read by name."""
     from clipnotes.patching import PAINT_ALPHAS, alpha_grid
-    assert alpha_grid(get_profile("mini")) == PAINT_ALPHAS and PAINT_ALPHAS[0] == 0.0 and PAINT_ALPHAS[-1] == 1.0
+    from clipnotes.wise import ALPHAS, COARSE_ALPHAS, alphas
+    mini = get_profile("mini")
+    assert alpha_grid(mini) == PAINT_ALPHAS and PAINT_ALPHAS[0] == 0.0 and PAINT_ALPHAS[-1] == 1.0
+    for grid in (ALPHAS, COARSE_ALPHAS, PAINT_ALPHAS, (0.0, 0.25, 0.5, 0.75, 1.0)):
+        assert alphas(mini, grid) == tuple(grid)
+    assert alphas(mini) == ALPHAS
     monkeypatch.setenv("CLIPNOTES_PAPER_CHECK", "1")
-    check = alpha_grid(get_profile("paper"))
-    assert check[0] == 0.0 and check[-1] == 1.0 and len(check) < len(PAINT_ALPHAS)
+    check = get_profile("paper")
+    assert alpha_grid(check) == alphas(check, COARSE_ALPHAS) == alphas(check) == (0.0, 0.5, 1.0)
