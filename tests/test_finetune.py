@@ -234,7 +234,7 @@ def test_eval_sets_keep_every_model_within_their_memory_budget(bundle, monkeypat
     """EvalSets keeps the features of as many models as its byte budget holds (chapter 10 asks
     again for the features of models it evaluated many evaluations earlier), dropping the oldest."""
     from clipnotes.classifiers import zero_shot_classifier
-    from clipnotes.evaluate import EvalSets
+    from clipnotes.evaluate import EvalSets, _nbytes
     evals = EvalSets(bundle, {"ID": W.World(0).dataset("evalsets-memo-unit", 12)}, batch_size=12)
     models = [zero_shot_classifier(bundle, NAMES, TEMPLATES[:1]) for _ in range(10)]
     for i, m in enumerate(models):
@@ -246,7 +246,7 @@ def test_eval_sets_keep_every_model_within_their_memory_budget(bundle, monkeypat
     models[0].visual.forward = lambda x: calls.append(len(x)) or forward(x)
     evals.features(models[0])                                # more than the old eight: still in memory
     assert calls == []
-    one = sum(t.numel() * t.element_size() for part in evals._memo[next(iter(evals._memo))].values() for t in part.values())
+    one = _nbytes(evals._memo[next(iter(evals._memo))])
     monkeypatch.setattr(EvalSets, "MEMO_BYTES", 3 * one)     # room for three models
     evals.accuracy(zero_shot_classifier(bundle, NAMES, TEMPLATES))
     assert len(evals._memo) == 3
