@@ -82,6 +82,7 @@ site-strict: $(STAMP)
 test-paper: $(STAMP)
 	@echo "==> every notebook's paper path under nbval (the paper check: random weights, fake data, a pretend GPU)"
 	CLIPNOTES_PROFILE=paper CLIPNOTES_PAPER_CHECK=1 CLIPNOTES_PRETEND_GPU=1 $(NBVAL)
+	@du -sh "$(CLIPNOTES_CACHE)/paper-check" | sed 's/^/==> disk the paper check cached: /'
 
 seeds: $(STAMP)
 	@for s in 1 2 3 4; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \

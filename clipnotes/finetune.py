@@ -138,7 +138,9 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
     state_path = Path(run_dir) / "state.pt" if run_dir else None
     if state_path is not None and state_path.exists():
         state = load_torch(state_path, "fine-tuning state")
-        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        model.load_state_dict(state["model"])
+        if "opt" in state:                       # a finished run keeps no optimizer state
+            opt.load_state_dict(state["opt"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, spent = int(state["step"]), float(state["seconds"])
@@ -168,16 +170,26 @@ def finetune(bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
         if state_path is not None and (step % save_every == 0 or step == cfg.steps):
-            keys = list(log[0])
-            save_torch({"model": model.state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                        "seconds": time.time() - t0, "log_keys": keys,
-                        "log": torch.tensor([[e[k] for k in keys] for e in log], dtype=torch.float64)}, state_path)
+            save_torch(run_state(model, opt, scaler, step, cfg.steps, time.time() - t0, log), state_path)
         if stop_after is not None and done_here >= stop_after:
             bar.close()
             return None
     bar.close()
     model.eval()
     return FinetuneRun(start.eval(), model, cfg, log, time.time() - t0, Path(run_dir) if run_dir else None)
+
+
+def run_state(model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
+              steps: int, seconds: float, log: list[dict]) -> dict:
+    """What a fine-tuning checkpoint holds: weights, step, time and log, and, while the run is
+    unfinished, the optimizer and scaler to resume it. A finished run is only ever loaded, never
+    resumed, so it drops AdamW's two moments — two thirds of the file (a ViT-B/32 run: 1 GB → 0.35 GB)."""
+    keys = list(log[0])
+    state = {"model": model.state_dict(), "step": step, "seconds": seconds, "log_keys": keys,
+             "log": torch.tensor([[e[k] for k in keys] for e in log], dtype=torch.float64)}
+    if step < steps:
+        state |= {"opt": opt.state_dict(), "scaler": scaler.state_dict()}
+    return state
 
 
 def init_head(start: nn.Module, bundle: ClipBundle, train: ImageDataset, classnames: Sequence[str],

@@ -9,7 +9,7 @@ from clipnotes.evaluate import logits
 from clipnotes.finetune import FinetuneConfig, finetune
 from clipnotes.losses import context_kl, flyp_loss
 from clipnotes.models import create_mini
-from clipnotes.utils import ClipnotesError
+from clipnotes.utils import ClipnotesError, load_torch
 from clipnotes.wise import interpolate_state_dicts, wise
 from clipnotes.zeroshot import zero_shot_head
 
@@ -75,7 +75,12 @@ def test_interrupted_finetuning_resumes_to_the_same_weights(bundle, train, tmp_p
     straight = finetune(bundle, train, NAMES, TEMPLATES, cfg, quiet=True)
     assert finetune(bundle, train, NAMES, TEMPLATES, cfg, run_dir=tmp_path, save_every=2, stop_after=3,
                     quiet=True) is None
+    assert "opt" in load_torch(tmp_path / "state.pt", "state")           # unfinished: resumable
     resumed = finetune(bundle, train, NAMES, TEMPLATES, cfg, run_dir=tmp_path, save_every=2, quiet=True)
+    assert "opt" not in load_torch(tmp_path / "state.pt", "state")       # finished: weights and log only
+    again = finetune(bundle, train, NAMES, TEMPLATES, cfg, run_dir=tmp_path, quiet=True)
+    assert [(e["step"], e["loss"]) for e in again.log] == [(e["step"], e["loss"]) for e in resumed.log]
+    assert all(torch.equal(v, again.end.state_dict()[k]) for k, v in resumed.end.state_dict().items())
     sa, sb = straight.end.state_dict(), resumed.end.state_dict()
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
     assert [e["step"] for e in resumed.log] == list(range(1, 7))
