@@ -196,16 +196,17 @@ def launch_cell(repo_url: str, ref: str, profile_field: bool = True) -> str:
     lines = ["# Settings (a form in Colab)."]
     if profile_field:
         lines += ["# PROFILE: auto = paper on a GPU, mini elsewhere.", 'PROFILE = "auto"  # @param ["auto", "mini", "paper"]']
-    lines += ["# CACHE_ON_DRIVE: keep features and fine-tuning runs on Google Drive across resets.",
+    lines += ["# CACHE_ON_DRIVE: keep the cache on Google Drive, safe across resets.",
               "CACHE_ON_DRIVE = False  # @param {type:\"boolean\"}",
               "import sys",
-              'if "google.colab" in sys.modules:  # Colab only: install the book\'s helper package',
-              f'    %pip install -q "clipnotes @ git+{repo_url}@{ref}"',
+              "if \"google.colab\" in sys.modules:",
+              "    # Colab only: the book's helper package, at this release",
+              f"    %pip install -q git+{repo_url}@{ref}",
               "    if CACHE_ON_DRIVE:",
               "        import os",
               "        from google.colab import drive",
               '        drive.mount("/content/drive")',
-              '        os.environ["CLIPNOTES_CACHE"] = "/content/drive/MyDrive/clipnotes-cache"']
+              '        os.environ["CLIPNOTES_CACHE"] = "/content/drive/MyDrive/clipnotes"']
     return "\n".join(lines)
 
 

@@ -42,7 +42,7 @@ def test_colab_installs_this_release_and_can_keep_the_cache_on_drive(path, monke
     monkeypatch.delenv("CLIPNOTES_CACHE", raising=False)
     first = _code(path)[0]
     magics, mounts, ns = _run_launch_cell(first, monkeypatch)
-    assert magics == [("pip", f'install -q "clipnotes @ git+{REPO}@v{__version__}"')] and mounts == []
+    assert magics == [("pip", f"install -q git+{REPO}@v{__version__}")] and mounts == []
     magics, mounts, ns = _run_launch_cell(first, monkeypatch, drive=True)
     assert mounts == ["/content/drive"]
     import os
