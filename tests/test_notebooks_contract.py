@@ -24,6 +24,17 @@ def test_committed_without_outputs(path):
             assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name} has outputs"
 
 
+CODE_COLUMNS = 79      # what a chapter page shows without a horizontal scroll (d2l keeps to it too)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_lines_fit_the_page(path):
+    long = [(i, line) for i, cell in enumerate(_cells(path)) if cell["cell_type"] == "code"
+            for line in _source(cell).splitlines() if len(line) > CODE_COLUMNS]
+    assert not long, f"{path.name}: {len(long)} code lines over {CODE_COLUMNS} columns, e.g. cell {long[0][0]}: " \
+                     f"{long[0][1][:60]}…"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_chapter_contract(path):
     cells = _cells(path)
