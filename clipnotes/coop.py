@@ -24,7 +24,7 @@ from .models import ClipBundle, encode_token_embeddings
 from .profiles import Profile
 from .stats import Gap
 from .optim import cosine
-from .tasks import base_new_classes, few_shot_indices
+from .tasks import base_new_classes, draw_seed, few_shot_indices
 from .utils import ClipnotesError, frozen, progress
 from .zeroshot import zero_shot_head
 
@@ -355,14 +355,14 @@ def few_shot_curves(bundle: ClipBundle, pool, test, classnames: Sequence[str], t
     bar = progress(total=len(shots) * draws * (len(variants) + 1), desc="few-shot runs")
     for k in shots:
         for d in range(draws):
-            idx = torch.as_tensor(few_shot_indices(pool.labels.numpy(), k, seed=seed * 1000 + d))
+            idx = torch.as_tensor(few_shot_indices(pool.labels.numpy(), k, seed=draw_seed(seed, d)))
             fx, fy = pool.features[idx], pool.labels[idx]
             probe = fit_linear_probe(fx, fy, seed=seed)
             rows += [dict(method="hand prompt", shots=k, draw=d, accuracy=hand),
                      dict(method="linear probe", shots=k, draw=d, accuracy=float(probe.score(x.numpy(), y.numpy())))]
             bar.update(1)
             for name, kwargs in variants.items():
-                learner = fit_coop(bundle, classnames, fx, fy, k, seed=seed * 1000 + d, max_epochs=max_epochs,
+                learner = fit_coop(bundle, classnames, fx, fy, k, seed=draw_seed(seed, d), max_epochs=max_epochs,
                                    **kwargs)
                 rows.append(dict(method=name, shots=k, draw=d, accuracy=prompt_accuracy(bundle, learner, x, y)))
                 bar.update(1)
@@ -445,14 +445,14 @@ def base_to_new_runs(bundle: ClipBundle, pool, test, classnames: Sequence[str], 
     hand = {part: c.mean() for part, c in hand_scores.items()}
     rows = []
     for d in progress(range(draws), desc="base-to-new runs"):
-        idx = torch.as_tensor(few_shot_indices(pool_y.numpy(), shots, seed=seed * 1000 + d))
+        idx = torch.as_tensor(few_shot_indices(pool_y.numpy(), shots, seed=draw_seed(seed, d)))
         run.shots[d] = (pool_x[idx], pool_y[idx])
         rows.append(dict(method="hand prompt", draw=d, **hand, seconds=0.0))
         run.correct.update({("hand prompt", d, part): c for part, c in hand_scores.items()})
         for name in methods:
             start = time.perf_counter()
             learner = BASE_TO_NEW_LEARNERS[name](bundle, names["base"], pool_x[idx], pool_y[idx], shots,
-                                                 seed=seed * 1000 + d, max_epochs=max_epochs)
+                                                 seed=draw_seed(seed, d), max_epochs=max_epochs)
             seconds = time.perf_counter() - start
             run.learners[name, d] = learner
             for part in ("base", "new"):

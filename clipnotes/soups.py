@@ -19,6 +19,7 @@ from torch import nn
 from .finetune import FinetuneConfig, recipe
 from .profiles import Profile
 from .stats import Gap, paired_gap
+from .tasks import draw_seed
 from .utils import ClipnotesError
 
 #: The weight decays an ingredient draws from (the paper's ingredients span 8e-5 … 0.53).
@@ -108,7 +109,7 @@ def ingredient_recipes(profile: Profile, k: int = 4, lr_spread: float = 3.0) -> 
     for i in range(1, k):
         lr = float(base.lr * np.exp(rng.uniform(-np.log(lr_spread), np.log(lr_spread))))
         out.append(dataclasses.replace(base, lr=float(f"{lr:.3g}"), weight_decay=float(rng.choice(WEIGHT_DECAYS)),
-                                       seed=base.seed * 1000 + i, steps=max(1, base.steps // 2),
+                                       seed=draw_seed(base.seed, i), steps=max(1, base.steps // 2),
                                        warmup=min(base.warmup, max(1, base.steps // 4))))
     return out
 

@@ -90,6 +90,15 @@ def zero_shot_benchmarks(profile: Profile) -> list[Benchmark]:
     return out
 
 
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of draw ``draw`` under the run's ``seed`` — few-shot draws (chapters 2, 4, 11),
+    soup ingredients (chapter 10): one rule, so no two (seed, draw) pairs below 1,000 draws
+    share a random stream."""
+    if not 0 <= draw < 1000:
+        raise ClipnotesError(f"draw {draw} is out of range; draws are numbered 0 to 999")
+    return seed * 1000 + draw
+
+
 def few_shot_indices(labels: Sequence[int], shots: int, seed: int = 0, most: float = 1.0) -> np.ndarray:
     """``shots`` random indices per class (all of a class if it has fewer, at most the share
     ``most`` of it), sorted."""

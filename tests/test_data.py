@@ -151,3 +151,11 @@ def test_clap_benchmark_mini_holds_out_source_photos_and_a_balanced_pool():
     assert len(bench.groups) == len(bench.dataset)
     images = bench.val.images(np.array([0, 3]))
     assert images.dtype == torch.uint8 and images.shape[0] == 2
+
+
+def test_draw_seeds_never_collide_across_run_seeds_and_refuse_draws_past_the_rule():
+    seeds = {tasks.draw_seed(s, d) for s in range(5) for d in range(1000)}
+    assert len(seeds) == 5 * 1000                      # seed 1's draw 0 is not seed 0's draw 100
+    assert tasks.draw_seed(0, 0) == 0 and tasks.draw_seed(2, 7) == 2007
+    with pytest.raises(ClipnotesError, match="draws are numbered 0 to 999"):
+        tasks.draw_seed(0, 1000)
