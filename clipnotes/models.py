@@ -152,9 +152,10 @@ def load_state_dict_checked(model: nn.Module, state: Any, source: str) -> None:
 
 def create_mini(checkpoint: str | os.PathLike | None = "shipped", device: str | torch.device = "cpu",
                 seed: int = 0) -> ClipBundle:
-    """The tiny CLIP: ``"shipped"`` weights, a checkpoint file, or ``None`` for a fresh random init."""
-    torch.manual_seed(seed)
-    with _quiet_open_clip():
+    """The tiny CLIP: ``"shipped"`` weights, a checkpoint file, or ``None`` for a fresh random init
+    drawn from ``seed``. The global random stream is left where the chapter's seed put it."""
+    with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         model = open_clip.create_model(MINI_MODEL, pretrained=None)
     if checkpoint == "shipped":
         verify_shipped_checkpoint()

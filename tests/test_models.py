@@ -158,3 +158,15 @@ def test_corrupt_paper_weights_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "paper_weights", lambda *a, **k: str(bad))
     with pytest.raises(ClipnotesError, match="corrupt or not this model's"):
         create_paper("ViT-B-32-quickgelu", "openai")
+
+
+def test_loading_the_mini_model_leaves_the_chapters_random_stream_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    create_mini("shipped")
+    assert torch.equal(torch.rand(3), expected)         # CLIPNOTES_SEED, not seed 0, drives what follows
+    fresh = lambda seed: create_mini(None, seed=seed).model.state_dict()
+    a, b, c = fresh(1), fresh(1), fresh(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)      # a random init is still a function of its seed
+    assert any(not torch.equal(a[k], c[k]) for k in a)
