@@ -1,3 +1,4 @@
+import importlib
 import re
 
 import numpy as np
@@ -169,3 +170,14 @@ def test_the_wallpaper_words_alone_have_two_senses():
     for t, bg, shape in tags:
         if t not in W.WALLPAPERS:
             assert t in [w for w, _ in W.SHAPE_WORDS[shape]] + [w for w, _ in W.SHAPE_WORDS["tilted square"]], t
+
+
+def test_the_textures_do_not_hang_on_numpys_last_bit(monkeypatch):
+    """numpy's sin and cos differ in the last bit between releases and CPUs (numpy 1.24 gave
+    sin(pi/6) = 0.5000000000000001 where 2.x gives 0.5 here); the world must render the same."""
+    render_module = importlib.import_module("clipnotes.world.render")
+    reference = render_module.texture_bank.__wrapped__()
+    sin, cos = np.sin, np.cos
+    monkeypatch.setattr(np, "sin", lambda x: np.nextafter(sin(x), np.inf))
+    monkeypatch.setattr(np, "cos", lambda x: np.nextafter(cos(x), -np.inf))
+    assert torch.equal(render_module.texture_bank.__wrapped__(), reference)

@@ -3,6 +3,7 @@ and one painter per style (photo, sketch, cartoon, painting, pixel art) (chapter
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -91,9 +92,11 @@ def texture_bank(n: int = 24) -> torch.Tensor:
     brush = []
     for i in range(n):
         k = torch.zeros(1, 1, 9, 9)
-        ang = np.pi * i / n
-        for t in np.linspace(-4, 4, 17):
-            k[0, 0, int(round(4 + t * np.sin(ang))), int(round(4 + t * np.cos(ang)))] = 1
+        # math's sin and cos, not numpy's: numpy's differ in the last bit between releases and
+        # CPUs (sin(pi/6) = 0.5 or 0.5000000000000001), which moves a pixel where 4 + t*sin is a tie
+        sin, cos = math.sin(math.pi * i / n), math.cos(math.pi * i / n)
+        for t in np.linspace(-4, 4, 17).tolist():
+            k[0, 0, round(4 + t * sin), round(4 + t * cos)] = 1
         brush.append(F.conv2d(F.pad(noise[i:i + 1], (4, 4, 4, 4), mode="circular"), k / k.sum()))
     brush = torch.cat(brush)
     norm = lambda t: (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)  # noqa: E731
