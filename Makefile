@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export CLIPNOTES_SITE := 1                  # glued numbers render inline; no `name = value` lines
 
-.PHONY: help env book test unit nbval test-paper seeds book-strict site-strict times bench pretrain-mini doctor clean
+.PHONY: help env book test unit nbval test-paper seeds bounds book-strict site-strict times bench pretrain-mini doctor clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
@@ -30,6 +30,7 @@ help:
 	@echo "              weights, fake datasets in the real formats, tiny counts, on a pretend GPU that refuses"
 	@echo "              CPU tensors (as CUDA does); claims reported, not checked"
 	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 to 4 too (claims must not hang on one seed)"
+	@echo "make bounds - the unit tests on pyproject's lower bounds (requirements-min.txt, in .venv-min; a second torch)"
 	@echo "make times  - every chapter cold (empty cache) and warm: seconds and slowest cells"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make doctor - check the installation"
@@ -87,6 +88,18 @@ test-paper: $(STAMP)
 seeds: $(STAMP)
 	@for s in 1 2 3 4; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
 	  CLIPNOTES_SEED=$$s $(NBVAL) || exit 1; done
+
+# The lower bounds are true: pyproject's minimum of every dependency, installed exactly
+# (requirements-min.txt, kept in agreement by tests/test_bounds.py), passes the unit tests.
+# Not part of make test: it installs a second torch (about 3 GB). The site's tests need
+# the book's own stack and are left to make test.
+MIN_VENV := .venv-min
+bounds:
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-min.txt pytest pytest-socket
+	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	MPLBACKEND=Agg $(MIN_VENV)/bin/python -m pytest tests --disable-socket --allow-unix-socket -q \
+	  --ignore=tests/test_site.py
 
 # Where the time goes: every chapter from an empty cache (cold), then again (warm).
 times: $(STAMP)

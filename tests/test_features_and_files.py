@@ -98,7 +98,7 @@ def test_cli_reports_bad_profile_on_one_line():
 
 def test_glue_turns_numpy_scalars_into_python_numbers(monkeypatch):
     import numpy as np
-    import myst_nb
+    myst_nb = pytest.importorskip("myst_nb", reason="the book's stack (make bounds installs the package's only)")
     from clipnotes import book
     seen = {}
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: seen.update({name: value}))
