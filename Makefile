@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export CLIPNOTES_SITE := 1                  # glued numbers render inline; no `name = value` lines
 
-.PHONY: help env book test unit nbval test-paper seeds bounds book-strict site-strict times bench pretrain-mini doctor clean
+.PHONY: help env book test unit nbval test-paper seeds bounds break-claims book-strict site-strict times bench pretrain-mini doctor clean
 
 help:
 	@echo "make book   - set up .venv, execute every chapter (mini profile), build _build/html"
@@ -31,6 +31,7 @@ help:
 	@echo "              CPU tensors (as CUDA does); claims reported, not checked"
 	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 to 4 too (claims must not hang on one seed)"
 	@echo "make bounds - the unit tests on pyproject's lower bounds (requirements-min.txt, in .venv-min; a second torch)"
+	@echo "make break-claims - break chapters 4, 5 and 7's methods on purpose: their claims cells must fail"
 	@echo "make times  - every chapter cold (empty cache) and warm: seconds and slowest cells"
 	@echo "make bench  - run the benchmarks in benchmarks/"
 	@echo "make doctor - check the installation"
@@ -100,6 +101,11 @@ bounds:
 	$(MIN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	MPLBACKEND=Agg $(MIN_VENV)/bin/python -m pytest tests --disable-socket --allow-unix-socket -q \
 	  --ignore=tests/test_site.py
+
+# The claims can fail: each chapter's method broken on purpose (tests/break_claims.py) must
+# stop its claims cell with an AssertionError. A few minutes a mutation; not part of make test.
+break-claims: $(STAMP)
+	$(BIN)/python tests/break_claims.py
 
 # Where the time goes: every chapter from an empty cache (cold), then again (warm).
 times: $(STAMP)
