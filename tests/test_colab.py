@@ -1,6 +1,8 @@
 """What a chapter's first cells do in Colab, run here with a fake ``google.colab`` and no network."""
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -101,3 +103,24 @@ def test_a_t4_trains_in_fp16_with_a_scaler_and_ampere_in_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     a100 = get_profile("paper")
     assert a100.precision == "bf16" and not a100.fp16_scaler and not get_profile("mini").fp16_scaler
+
+
+def _workflow_step(name_starts: str) -> str:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "pages.yml").read_text())
+    steps = workflow["jobs"]["build"]["steps"]
+    return next(s["run"] for s in steps if s.get("name", "").startswith(name_starts))
+
+
+@pytest.mark.parametrize("tag, passes", [(f"v{__version__}", True), ("v99.0.0", False), ("main", False)])
+def test_the_release_workflow_accepts_only_the_packages_own_tag(tag, passes):
+    """The Pages workflow's tag check, run as GitHub would: the install cells follow __version__."""
+    check = _workflow_step("Check that this tag")
+    done = subprocess.run(["bash", "-c", check], cwd=ROOT, env={**os.environ, "GITHUB_REF_NAME": tag})
+    assert (done.returncode == 0) == passes
+
+
+def test_the_release_workflow_points_the_buttons_at_the_tag(tmp_path):
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    point = _workflow_step("Point the Colab and repository buttons")
+    subprocess.run(["bash", "-c", point], cwd=tmp_path, env={**os.environ, "GITHUB_REF_NAME": "v7.7.7"}, check=True)
+    assert yaml.safe_load((tmp_path / "_config.yml").read_text())["repository"]["branch"] == "v7.7.7"
