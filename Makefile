@@ -29,7 +29,8 @@ help:
 	@echo "make test-paper - every chapter's paper path under nbval on this CPU: real architectures at random"
 	@echo "              weights, fake datasets in the real formats, tiny counts, on a pretend GPU that refuses"
 	@echo "              CPU tensors (as CUDA does); claims reported, not checked"
-	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 to 4 too (claims must not hang on one seed)"
+	@echo "make seeds  - run every notebook under nbval for CLIPNOTES_SEED 1 to 4 too (claims must not hang on one seed;"
+	@echo "              SEEDS=\"1 2\" for fewer); the results page of the next make book or make test shows them"
 	@echo "make bounds - the unit tests on pyproject's lower bounds (requirements-min.txt, in .venv-min; a second torch)"
 	@echo "make break-claims - break chapters 4, 5 and 7's methods on purpose: their claims cells must fail"
 	@echo "make times  - every chapter cold (empty cache) and warm: seconds and slowest cells"
@@ -86,8 +87,9 @@ test-paper: $(STAMP)
 	CLIPNOTES_PROFILE=paper CLIPNOTES_PAPER_CHECK=1 CLIPNOTES_PRETEND_GPU=1 $(NBVAL)
 	@du -sh "$(CLIPNOTES_CACHE)/paper-check" | sed 's/^/==> disk the paper check cached: /'
 
+SEEDS ?= 1 2 3 4
 seeds: $(STAMP)
-	@for s in 1 2 3 4; do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
+	@for s in $(SEEDS); do echo "==> every notebook under nbval, CLIPNOTES_SEED=$$s"; \
 	  CLIPNOTES_SEED=$$s $(NBVAL) || exit 1; done
 
 # The lower bounds are true: pyproject's minimum of every dependency, installed exactly
