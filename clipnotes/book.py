@@ -132,7 +132,7 @@ def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".",
     (out / "book" / "runtimes.md").write_text(page.replace("```{nb-exec-table}\n```", table))
     if results_dir is not None:
         page = (root / "book" / "results.md").read_text()
-        (out / "book" / "results.md").write_text(page.replace(RESULTS_MARK, results_tables(results_dir)))
+        (out / "book" / "results.md").write_text(page.replace(RESULTS_MARK, results_page(results_dir)))
     return out
 
 
@@ -163,6 +163,60 @@ def results_tables(results_dir: str | Path, profile: str = "mini") -> str:
             out.append(f"| {claim} | " + " | ".join(cells) + f" | {min(diffs):+.1f} … {max(diffs):+.1f} |")
         out.append("")
     return "\n".join(out)
+
+
+#: The results page's ID–OOD figure: chapter 5's WiSE-FT curve and these rows of the chapters' saved tables.
+PLANE_ROWS = {"06_flyp": ["FLYP"], "07_car_ft": ["CAR-FT"], "09_lp_ft": ["LP-FT"],
+              "10_model_soups": ["uniform soup", "greedy soup"]}
+
+
+def method_plane(results_dir: str | Path, seed: int = 0, profile: str = "mini"):
+    """Every fine-tuning method of the book on chapter 5's ID–OOD plane, from one seed's results
+    files: ``(chapter 5's WiSE-FT sweep or None, {method (chapter): (ID, mean OOD)})``."""
+    import pandas as pd
+
+    def saved(chapter: str) -> dict | None:
+        path = Path(results_dir) / f"{chapter}-{profile}-seed{seed}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    wise = saved("05_wise_ft")
+    sweep = pd.DataFrame(wise["sweep"]).set_index("alpha") if wise and "sweep" in wise else None
+    points = {}
+    for chapter, rows in PLANE_ROWS.items():
+        table = pd.DataFrame((saved(chapter) or {}).get("table", {}))
+        points.update({f"{r} (ch. {int(chapter[:2])})": (float(table.loc[r, "ID"]), float(table.loc[r, "OOD mean"]))
+                       for r in rows if r in table.index})
+    return sweep, points
+
+
+def results_figure(results_dir: str | Path, seed: int = 0) -> str:
+    """The results page's figure, as Markdown with the PNG inline ("" without chapter 5's results)."""
+    import base64
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    sweep, points = method_plane(results_dir, seed)
+    if sweep is None:
+        return ""
+    ax = plots.method_map({"CE + WiSE-FT (ch. 5)": sweep}, points,
+                          title=f"every fine-tuning method on chapter 5's benchmark (seed {seed})")
+    png = io.BytesIO()
+    ax.figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
+    plt.close(ax.figure)
+    return ("## Every fine-tuning method on one plane\n\nID accuracy against mean OOD accuracy on chapter 5's "
+            f"benchmark, seed {seed}, from the chapters' results files (chapter 10 draws the same plane).\n\n"
+            f"![every fine-tuning method on chapter 5's ID-OOD plane](data:image/png;base64,"
+            f"{base64.b64encode(png.getvalue()).decode()})\n\n")
+
+
+def results_page(results_dir: str | Path) -> str:
+    """What replaces the results page's mark: the ID–OOD figure, then the claims' tables."""
+    return results_figure(results_dir) + results_tables(results_dir)
 
 
 def times_table(times: dict[str, dict], warm: dict[str, dict] | None = None) -> str:

@@ -141,3 +141,17 @@ def test_bibliography_keys_are_unique_and_every_citation_resolves():
     cited = {k.strip() for s in sources for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", s)
              for k in group.split(",")}
     assert cited and cited <= set(keys), sorted(cited - set(keys))
+
+
+def test_results_figure_puts_every_method_on_chapter_5s_plane(tmp_path):
+    import json
+
+    from clipnotes.book import method_plane, results_figure
+    assert results_figure(tmp_path) == ""                    # no chapter 5 yet: no figure
+    save = lambda name, record: (tmp_path / f"{name}-mini-seed0.json").write_text(json.dumps(record))
+    save("05_wise_ft", {"sweep": {"alpha": [0.0, 0.5, 1.0], "ID": [0.8, 0.9, 0.95], "OOD mean": [0.7, 0.75, 0.72]}})
+    save("07_car_ft", {"table": {"ID": {"CE fine-tuned": 0.95, "CAR-FT": 0.96},
+                                 "OOD mean": {"CE fine-tuned": 0.72, "CAR-FT": 0.74}}})
+    sweep, points = method_plane(tmp_path)
+    assert list(sweep.index) == [0.0, 0.5, 1.0] and points == {"CAR-FT (ch. 7)": (0.96, 0.74)}
+    assert "](data:image/png;base64," in results_figure(tmp_path)
