@@ -140,27 +140,30 @@ def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".",
 RESULTS_MARK = "<!-- results tables: filled in by `python -m clipnotes assemble-site` -->"
 
 
-def results_tables(results_dir: str | Path, profile: str = "mini") -> str:
-    """Markdown tables of every chapter's asserted claims over the seeds whose results files exist
-    (``make test`` writes seed 0, ``make seeds`` seeds 1–4): value ± margin per seed, and the range."""
-    files = sorted(Path(results_dir).glob(f"*-{profile}-seed*.json"))
-    by_chapter: dict[str, dict[int, dict]] = {}
-    for f in files:
+def results_tables(results_dir: str | Path) -> str:
+    """Markdown tables of every chapter's asserted claims over the runs whose results files exist:
+    ``mini`` on each seed (``make test`` writes seed 0, ``make seeds`` seeds 1–4) with the range
+    over them, then any ``paper`` run (a GPU run of a chapter saves one beside them)."""
+    by_chapter: dict[str, dict[tuple[str, int], dict]] = {}
+    for f in sorted(Path(results_dir).glob("*-seed*.json")):
         record = json.loads(f.read_text())
-        if record.get("claims"):
-            by_chapter.setdefault(record["chapter"], {})[int(record["seed"])] = record["claims"]
+        if record.get("claims") and record.get("profile") in ("mini", "paper"):
+            run = (record["profile"], int(record["seed"]))
+            by_chapter.setdefault(record["chapter"], {})[run] = record["claims"]
     if not by_chapter:
         return f"*No results files with claims in `{results_dir}` yet: run `make test` (and `make seeds`).*"
     out = []
-    for chapter, seeds in sorted(by_chapter.items()):
-        order = sorted(seeds)
-        out += [f"## {chapter}", "", "| claim | " + " | ".join(f"seed {s}" for s in order) + " | range |",
+    for chapter, runs in sorted(by_chapter.items()):
+        order = sorted(runs, key=lambda run: (run[0] != "mini", run[1]))
+        names = [f"seed {s}" if p == "mini" else f"paper, seed {s}" for p, s in order]
+        out += [f"## {chapter}", "", "| claim | " + " | ".join(names) + " | range (mini) |",
                 "| --- |" + " --- |" * (len(order) + 1)]
-        for claim in dict.fromkeys(k for s in order for k in seeds[s]):
-            vals = [seeds[s].get(claim) for s in order]
+        for claim in dict.fromkeys(k for run in order for k in runs[run]):
+            vals = [runs[run].get(claim) for run in order]
             cells = [f"{100 * v['diff']:+.1f} ± {100 * v['margin']:.1f}" if v else "" for v in vals]
-            diffs = [100 * v["diff"] for v in vals if v]
-            out.append(f"| {claim} | " + " | ".join(cells) + f" | {min(diffs):+.1f} … {max(diffs):+.1f} |")
+            diffs = [100 * v["diff"] for run, v in zip(order, vals) if v and run[0] == "mini"]
+            spread = f"{min(diffs):+.1f} … {max(diffs):+.1f}" if diffs else ""
+            out.append(f"| {claim} | " + " | ".join(cells) + f" | {spread} |")
         out.append("")
     return "\n".join(out)
 
