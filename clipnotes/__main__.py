@@ -112,10 +112,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _assemble_site(args: argparse.Namespace) -> int:
-    from .book import assemble_site
-    from .profiles import get_profile
+    from .book import assemble_site, default_results_dir
 
-    results = Path(args.results) if args.results else get_profile("mini", seed=0).cache_dir / "results"
+    results = Path(args.results) if args.results else default_results_dir()
     print(f"site sources in {assemble_site(args.executed, args.out, results_dir=results)}")
     return 0
 

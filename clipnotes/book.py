@@ -80,8 +80,18 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
+def results_file(results_dir: str | Path, chapter: str, profile: str, seed: int) -> Path:
+    """Where a chapter's run in ``profile`` on ``seed`` keeps its headline numbers."""
+    return Path(results_dir) / f"{chapter}-{profile}-seed{seed}.json"
+
+
+def default_results_dir() -> Path:
+    """The results files' folder in this machine's cache (``CLIPNOTES_CACHE``): the site's results page reads it."""
+    return get_profile("mini", seed=0).cache_dir / "results"
+
+
 def results_path(profile: Profile, chapter: str) -> Path:
-    return profile.cache_dir / "results" / f"{chapter}-{profile.name}-seed{profile.seed}.json"
+    return results_file(profile.cache_dir / "results", chapter, profile.name, profile.seed)
 
 
 def save_results(profile: Profile, chapter: str, results: dict[str, Any],
@@ -179,7 +189,7 @@ def method_plane(results_dir: str | Path, seed: int = 0, profile: str = "mini"):
     import pandas as pd
 
     def saved(chapter: str) -> dict | None:
-        path = Path(results_dir) / f"{chapter}-{profile}-seed{seed}.json"
+        path = results_file(results_dir, chapter, profile, seed)
         return json.loads(path.read_text()) if path.exists() else None
 
     wise = saved("05_wise_ft")
@@ -197,20 +207,18 @@ def results_figure(results_dir: str | Path, seed: int = 0) -> str:
     import base64
     import io
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure           # no pyplot: no backend chosen, nothing to close
 
     from . import plots
 
     sweep, points = method_plane(results_dir, seed)
     if sweep is None:
         return ""
-    ax = plots.method_map({"CE + WiSE-FT (ch. 5)": sweep}, points,
-                          title=f"every fine-tuning method on chapter 5's benchmark (seed {seed})")
+    figure = Figure(figsize=(7, 5))
+    plots.method_map({"CE + WiSE-FT (ch. 5)": sweep}, points, ax=figure.subplots(),
+                     title=f"every fine-tuning method on chapter 5's benchmark (seed {seed})")
     png = io.BytesIO()
-    ax.figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
-    plt.close(ax.figure)
+    figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
     return ("## Every fine-tuning method on one plane\n\nID accuracy against mean OOD accuracy on chapter 5's "
             f"benchmark, seed {seed}, from the chapters' results files (chapter 10 draws the same plane).\n\n"
             f"![every fine-tuning method on chapter 5's ID-OOD plane](data:image/png;base64,"

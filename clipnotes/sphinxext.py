@@ -6,8 +6,7 @@ executes the chapters, by reading the page after every chapter, on every build.
 """
 from __future__ import annotations
 
-from .book import RESULTS_MARK, results_page
-from .profiles import get_profile
+from .book import RESULTS_MARK, default_results_dir, results_page
 
 RESULTS_DOC = "book/results"
 
@@ -23,8 +22,7 @@ def _read_results_last(app, env, docnames: list[str]) -> None:
 
 def _fill_results(app, docname: str, source: list[str]) -> None:
     if docname == RESULTS_DOC and RESULTS_MARK in source[0]:
-        results = get_profile("mini", seed=0).cache_dir / "results"
-        source[0] = source[0].replace(RESULTS_MARK, results_page(results))
+        source[0] = source[0].replace(RESULTS_MARK, results_page(default_results_dir()))
 
 
 def setup(app) -> dict:

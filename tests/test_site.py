@@ -150,8 +150,6 @@ def test_bibliography_keys_are_unique_and_every_citation_resolves():
 
 
 def test_results_figure_puts_every_method_on_chapter_5s_plane(tmp_path):
-    import json
-
     from clipnotes.book import method_plane, results_figure
     assert results_figure(tmp_path) == ""                    # no chapter 5 yet: no figure
     save = lambda name, record: (tmp_path / f"{name}-mini-seed0.json").write_text(json.dumps(record))
