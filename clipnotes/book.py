@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -142,7 +143,7 @@ def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".",
     (out / "book" / "runtimes.md").write_text(page.replace("```{nb-exec-table}\n```", table))
     if results_dir is not None:
         page = (root / "book" / "results.md").read_text()
-        (out / "book" / "results.md").write_text(page.replace(RESULTS_MARK, results_page(results_dir)))
+        (out / "book" / "results.md").write_text(page.replace(RESULTS_MARK, results_page(results_dir, out / "notebooks")))
     return out
 
 
@@ -150,10 +151,49 @@ def assemble_site(executed: str | Path, out: str | Path, root: str | Path = ".",
 RESULTS_MARK = "<!-- results tables: filled in by `python -m clipnotes assemble-site` -->"
 
 
-def results_tables(results_dir: str | Path) -> str:
+#: The chapter's box that sets the papers' published numbers beside ours.
+PAPER_BOX = ":::{admonition} Paper vs ours"
+
+
+def published_numbers(notebook: str | Path) -> str | None:
+    """The papers' published numbers a chapter quotes: its "Paper vs ours" box up to the end of
+    its table, without the box's last column where that column is ours ("tiny CLIP …", numbers
+    glued from the chapter's own run, which only its page can show). ``None`` without a box."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    box = next(("".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+                and "".join(c["source"]).lstrip().startswith(PAPER_BOX)), None)
+    if box is None:
+        return None
+    lines = [ln for ln in box.splitlines()[1:] if not ln.startswith(":class:")]
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    last = max(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines[first:last + 1]]
+    if "tiny CLIP" in rows[0][-1]:
+        rows = [r[:-1] for r in rows]
+    table = ["| " + " | ".join(r) + " |" for r in rows]
+    text = "\n".join(lines[:first] + table).strip()
+    if "{glue" in text:
+        raise ClipnotesError(f"{Path(notebook).name}: its Paper vs ours box has a glued number outside "
+                             "its last column; the results page cannot show it")
+    return text
+
+
+def chapter_title(notebook: str | Path) -> str:
+    """A chapter's title: the first Markdown heading of its notebook."""
+    for cell in json.loads(Path(notebook).read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            found = re.search(r"^# (.+)$", "".join(cell["source"]), flags=re.M)
+            if found:
+                return found.group(1).strip()
+    return Path(notebook).stem
+
+
+def results_tables(results_dir: str | Path, notebooks: str | Path | None = None) -> str:
     """Markdown tables of every chapter's asserted claims over the runs whose results files exist:
     ``mini`` on each seed (``make test`` writes seed 0, ``make seeds`` seeds 1–4) with the range
-    over them, then any ``paper`` run (a GPU run of a chapter saves one beside them)."""
+    over them, then any ``paper`` run (a GPU run of a chapter saves one beside them). With the
+    chapters' ``notebooks`` folder, each chapter's section is titled as the chapter and opens with
+    the papers' published numbers from its "Paper vs ours" box."""
     by_chapter: dict[str, dict[tuple[str, int], dict]] = {}
     for f in sorted(Path(results_dir).glob("*-seed*.json")):
         record = json.loads(f.read_text())
@@ -166,8 +206,16 @@ def results_tables(results_dir: str | Path) -> str:
     for chapter, runs in sorted(by_chapter.items()):
         order = sorted(runs, key=lambda run: (run[0] != "mini", run[1]))
         names = [f"seed {s}" if p == "mini" else f"paper, seed {s}" for p, s in order]
-        out += [f"## {chapter}", "", "| claim | " + " | ".join(names) + " | range (mini) |",
-                "| --- |" + " --- |" * (len(order) + 1)]
+        notebook = Path(notebooks) / f"{chapter}.ipynb" if notebooks is not None else None
+        if notebook is not None and notebook.exists():
+            out += [f"## {chapter_title(notebook)}", ""]
+            published = published_numbers(notebook)
+            if published:
+                out += ["The papers' numbers, as the chapter's box quotes them:", "", published, "",
+                        "What this book's runs asserted:", ""]
+        else:
+            out += [f"## {chapter}", ""]
+        out += ["| claim | " + " | ".join(names) + " | range (mini) |", "| --- |" + " --- |" * (len(order) + 1)]
         for claim in dict.fromkeys(k for run in order for k in runs[run]):
             vals = [runs[run].get(claim) for run in order]
             cells = [f"{100 * v['diff']:+.1f} ± {100 * v['margin']:.1f}" if v else "" for v in vals]
@@ -194,12 +242,27 @@ def method_plane(results_dir: str | Path, seed: int = 0, profile: str = "mini"):
 
     wise = saved("05_wise_ft")
     sweep = pd.DataFrame(wise["sweep"]).set_index("alpha") if wise and "sweep" in wise else None
+    return sweep, plane_points(PLANE_ROWS, results_dir, seed, profile)
+
+
+def plane_points(rows: Mapping[str, list[str]], results_dir: str | Path, seed: int = 0, profile: str = "mini",
+                 say_missing: bool = False) -> dict[str, tuple[float, float]]:
+    """(ID, mean OOD) of the named ``rows`` of each chapter's saved table, keyed "row (ch. N)"
+    (chapter 10's plane and the results page). A chapter without a results file for this
+    profile and seed is left out (and, with ``say_missing``, said so)."""
+    import pandas as pd
+
     points = {}
-    for chapter, rows in PLANE_ROWS.items():
-        table = pd.DataFrame((saved(chapter) or {}).get("table", {}))
+    for chapter, names in rows.items():
+        path = results_file(results_dir, chapter, profile, seed)
+        if not path.exists():
+            if say_missing:
+                print(f"chapter {int(chapter[:2])} has not run in {profile} with seed {seed}: its points are left out")
+            continue
+        table = pd.DataFrame(json.loads(path.read_text()).get("table", {}))
         points.update({f"{r} (ch. {int(chapter[:2])})": (float(table.loc[r, "ID"]), float(table.loc[r, "OOD mean"]))
-                       for r in rows if r in table.index})
-    return sweep, points
+                       for r in names if r in table.index})
+    return points
 
 
 def results_figure(results_dir: str | Path, seed: int = 0) -> str:
@@ -225,9 +288,10 @@ def results_figure(results_dir: str | Path, seed: int = 0) -> str:
             f"{base64.b64encode(png.getvalue()).decode()})\n\n")
 
 
-def results_page(results_dir: str | Path) -> str:
-    """What replaces the results page's mark: the ID–OOD figure, then the claims' tables."""
-    return results_figure(results_dir) + results_tables(results_dir)
+def results_page(results_dir: str | Path, notebooks: str | Path | None = None) -> str:
+    """What replaces the results page's mark: the ID–OOD figure, then each chapter's published
+    numbers and claims' tables."""
+    return results_figure(results_dir) + results_tables(results_dir, notebooks)
 
 
 def times_table(times: dict[str, dict], warm: dict[str, dict] | None = None) -> str:

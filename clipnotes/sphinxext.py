@@ -6,6 +6,8 @@ executes the chapters, by reading the page after every chapter, on every build.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from .book import RESULTS_MARK, default_results_dir, results_page
 
 RESULTS_DOC = "book/results"
@@ -22,7 +24,7 @@ def _read_results_last(app, env, docnames: list[str]) -> None:
 
 def _fill_results(app, docname: str, source: list[str]) -> None:
     if docname == RESULTS_DOC and RESULTS_MARK in source[0]:
-        source[0] = source[0].replace(RESULTS_MARK, results_page(default_results_dir()))
+        source[0] = source[0].replace(RESULTS_MARK, results_page(default_results_dir(), Path(app.srcdir) / "notebooks"))
 
 
 def setup(app) -> dict:

@@ -53,6 +53,7 @@ def test_make_books_results_page_shows_the_results_files_of_its_cache(site):
     """`make book` executes the chapters; clipnotes.sphinxext fills the results page from what they wrote."""
     text = re.sub(r"<[^>]+>", " ", (site / "book" / "results.html").read_text())
     assert "a mixture beats both ends" in text and "+3.1 ± 0.8" in text
+    assert "fine-tuned vs zero-shot, mean of 5 shifts" in text          # the paper's numbers, from chapter 5's box
 
 
 def test_site_sources_come_from_the_executed_notebooks(tmp_path):
@@ -91,7 +92,8 @@ def test_results_page_reads_the_claims_of_every_seed(tmp_path):
     import dataclasses
     import json
 
-    from clipnotes.book import RESULTS_MARK, assemble_site, results_tables, save_results
+    from clipnotes.book import (RESULTS_MARK, assemble_site, chapter_title, published_numbers, results_tables,
+                                save_results)
     from clipnotes.profiles import get_profile
     from clipnotes.stats import Gap
     assert "No results files" in results_tables(tmp_path)
@@ -114,7 +116,34 @@ def test_results_page_reads_the_claims_of_every_seed(tmp_path):
         shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", executed / "notebooks")
     (executed / "times.json").write_text(json.dumps({c: {"seconds": 1.0, "seed": "0"} for c in CHAPTERS}))
     src = assemble_site(executed, tmp_path / "src", ROOT, results_dir=tmp_path / "results")
-    assert "+3.1 ± 0.8" in (src / "book" / "results.md").read_text()
+    page = (src / "book" / "results.md").read_text()
+    assert "+3.1 ± 0.8" in page
+    assert published_numbers(ROOT / "notebooks" / "05_wise_ft.ipynb") in page       # beside the paper's numbers
+    assert "## " + chapter_title(ROOT / "notebooks" / "05_wise_ft.ipynb") in page
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_results_page_quotes_each_chapters_published_numbers(chapter):
+    """The paper's column of the chapter's "Paper vs ours" box, without our glued column
+    (another page cannot show a chapter's glued numbers)."""
+    from clipnotes.book import published_numbers
+    text = published_numbers(ROOT / "notebooks" / f"{chapter}.ipynb")
+    assert text is not None and "| --- |" in text, f"{chapter} has no Paper vs ours table"
+    assert "{glue" not in text and "tiny CLIP" not in text
+
+
+def test_published_numbers_drop_only_our_column(tmp_path):
+    from clipnotes.book import published_numbers
+    box = ":::{admonition} Paper vs ours\n:class: note\nSource line.\n\n| | paper | tiny CLIP here |\n" \
+          "| --- | --- | --- |\n| gain | +4.2 | {glue:text}`gap` |\n\nProse after.\n:::"
+    nb = tmp_path / "x.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": box}]}))
+    assert published_numbers(nb) == "Source line.\n\n|  | paper |\n| --- | --- |\n| gain | +4.2 |"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": box.replace("tiny CLIP here", "ours")}]}))
+    with pytest.raises(Exception, match="glued number"):
+        published_numbers(nb)
+    nb.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": "# Title\nno box"}]}))
+    assert published_numbers(nb) is None
 
 
 def _heading_levels(markdown: str) -> list[int]:
@@ -132,7 +161,8 @@ def test_results_page_headings_do_not_skip_a_level(tmp_path):
     prof = dataclasses.replace(get_profile("mini", seed=0), cache_dir=tmp_path)
     for chapter in ("05_wise_ft", "09_lp_ft"):
         save_results(prof, chapter, {}, claims={"a claim": Gap(0.02, 0.01)})
-    page = (ROOT / "book" / "results.md").read_text().replace(RESULTS_MARK, results_tables(tmp_path / "results"))
+    page = (ROOT / "book" / "results.md").read_text().replace(RESULTS_MARK, results_tables(tmp_path / "results",
+                                                                                      ROOT / "notebooks"))
     levels = _heading_levels(page)
     assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:])), levels
 
@@ -159,3 +189,14 @@ def test_results_figure_puts_every_method_on_chapter_5s_plane(tmp_path):
     sweep, points = method_plane(tmp_path)
     assert list(sweep.index) == [0.0, 0.5, 1.0] and points == {"CAR-FT (ch. 7)": (0.96, 0.74)}
     assert "](data:image/png;base64," in results_figure(tmp_path)
+
+
+def test_plane_points_say_which_chapters_have_not_run(tmp_path, capsys):
+    """Chapter 10's plane reads the earlier chapters' results files, and says which are missing."""
+    from clipnotes.book import plane_points
+    (tmp_path / "07_car_ft-mini-seed2.json").write_text(json.dumps(
+        {"table": {"ID": {"CAR-FT": 0.96, "other": 0.5}, "OOD mean": {"CAR-FT": 0.74, "other": 0.4}}}))
+    rows = {"06_flyp": ["FLYP"], "07_car_ft": ["CAR-FT", "not a row"]}
+    assert plane_points(rows, tmp_path, seed=2, say_missing=True) == {"CAR-FT (ch. 7)": (0.96, 0.74)}
+    assert capsys.readouterr().out.strip() == "chapter 6 has not run in mini with seed 2: its points are left out"
+    assert plane_points(rows, tmp_path, seed=0) == {} and capsys.readouterr().out == ""
