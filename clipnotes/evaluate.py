@@ -11,7 +11,7 @@ from torch import nn
 
 from .data import ImageDataset
 from .models import ClipBundle
-from .utils import code_fingerprint, load_torch, no_autocast, save_torch, stable_hash, weights_digest
+from .utils import ClipnotesError, code_fingerprint, load_torch, no_autocast, save_torch, stable_hash, weights_digest
 
 def logits(features: torch.Tensor, head: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Scaled cosine similarities, (N, C); ``features`` must be L2-normalised."""
@@ -68,6 +68,36 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, c: float = 1.
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
     return probe.fit(features.cpu().numpy(), labels.cpu().numpy())
+
+
+#: The regularisation strengths chapter 2's probe chooses from (CLIP's own sweep, appendix A.3
+#: of the paper, is far finer; on standardised features the choice falls inside this grid).
+PROBE_CS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def tuned_linear_probe(features: torch.Tensor, labels: torch.Tensor, shots: np.ndarray,
+                       cs: Sequence[float] = PROBE_CS, n_val: int = 1000, seed: int = 0):
+    """Chapter 2's probe, CLIP's protocol: a probe on the pool's ``shots`` (indices) for each
+    ``c`` in ``cs``, scored on up to ``n_val`` other images of the pool (the validation split,
+    never the test set), and the best kept (the smallest ``c`` on a tie). Returns ``(probe, c)``."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    shots = np.asarray(shots)
+    val = np.setdiff1d(np.arange(len(labels)), shots)[:n_val]
+    if len(val) == 0:
+        raise ClipnotesError("the probe pool has no images left for validation: use fewer shots or a larger pool")
+    x_val, y_val = features[val].cpu().numpy(), labels[val].cpu().numpy()
+    best = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)    # large C on separable shots: fine
+        for c in cs:
+            probe = fit_linear_probe(features[shots], labels[shots], c, seed)
+            score = probe.score(x_val, y_val)
+            if best is None or score > best[0]:
+                best = (score, probe, float(c))
+    return best[1], best[2]
 
 
 def linear_head_accuracy(head: nn.Module, features: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:

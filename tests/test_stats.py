@@ -88,3 +88,27 @@ def test_mean_gap_of_independent_samples():
     assert g.se == pytest.approx(math.hypot(1.0 / math.sqrt(3), np.std(b, ddof=1) / 2))
     with pytest.raises(ValueError):
         mean_gap([1.0], [1.0, 2.0])
+
+
+def test_chapter_2s_probe_chooses_c_on_the_pool_never_on_its_shots():
+    """CLIP's protocol: each C scored on other images of the pool; the best one kept."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from clipnotes.evaluate import fit_linear_probe, tuned_linear_probe
+    from clipnotes.utils import ClipnotesError
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 3, 300))
+    feats = torch.from_numpy(rng.normal(size=(300, 8)) + 1.5 * np.eye(3, 8)[labels.numpy()]).float()
+    shots = np.arange(12)
+    probe, c = tuned_linear_probe(feats, labels, shots, cs=(0.001, 1.0, 100.0), n_val=200)
+    val = np.arange(12, 212)
+    scores = {cc: fit_linear_probe(feats[shots], labels[shots], cc).score(feats[val].numpy(), labels[val].numpy())
+              for cc in (0.001, 1.0, 100.0)}
+    assert c == max(scores, key=scores.get) and probe.score(feats[val].numpy(), labels[val].numpy()) == scores[c]
+    # trained on the shots alone
+    np.testing.assert_allclose(probe.predict_proba(feats[:5].numpy()),
+                               fit_linear_probe(feats[shots], labels[shots], c).predict_proba(feats[:5].numpy()))
+    with pytest.raises(ClipnotesError, match="no images left for validation"):
+        tuned_linear_probe(feats[:12], labels[:12], shots)
