@@ -66,7 +66,7 @@ book-strict: cache-guard
 
 unit: $(STAMP)
 	@echo "==> unit tests (sockets disabled)"
-	MPLBACKEND=Agg $(BIN)/python -m pytest tests --disable-socket --allow-unix-socket -q
+	MPLBACKEND=Agg $(BIN)/python -m pytest tests --disable-socket --allow-unix-socket -q --durations=10
 
 # nbval executes every chapter and asserts its claims; notebooks/conftest.py keeps that
 # execution in _build/executed, and the strict site is built from it (no second execution).
