@@ -97,3 +97,12 @@ def test_bibliography_covers_every_citation():
             for part in src.split("{cite:p}`")[1:] + src.split("{cite:t}`")[1:]:
                 for key in part.split("`")[0].split(","):
                     assert "{" + key.strip() + "," in bib, f"{path.name} cites unknown {key}"
+
+
+def test_no_page_cites_a_file_outside_the_book():
+    """Chapters cite papers and their code; the developers' notes beside the repository are not
+    part of the book (a reader of the site or of a clone cannot follow a link to them)."""
+    pages = NOTEBOOKS + sorted((ROOT / "book").glob("*.md")) + [ROOT / "README.md"]
+    outside = [p.name for p in pages if any(ref in p.read_text() for ref in ("../shared", "methods.md", "methods-next.md",
+                                                                              "DESIGN.md"))]
+    assert not outside, f"cites files outside the book: {outside}"
