@@ -206,8 +206,9 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
     for chapter, runs in sorted(by_chapter.items()):
         order = sorted(runs, key=lambda run: (run[0] != "mini", run[1]))
         names = [f"seed {s}" if p == "mini" else f"paper, seed {s}" for p, s in order]
-        notebook = Path(notebooks) / f"{chapter}.ipynb" if notebooks is not None else None
-        if notebook is not None and notebook.exists():
+        # the chapter's notebook by its number (chapter 3 saves its results as "03_prompts")
+        notebook = next(iter(sorted(Path(notebooks).glob(f"{chapter[:2]}_*.ipynb"))), None) if notebooks else None
+        if notebook is not None:
             out += [f"## {chapter_title(notebook)}", ""]
             published = published_numbers(notebook)
             if published:

@@ -155,14 +155,17 @@ def test_results_page_headings_do_not_skip_a_level(tmp_path):
     headings sit one level below the page title."""
     import dataclasses
 
-    from clipnotes.book import RESULTS_MARK, results_tables, save_results
+    from clipnotes.book import RESULTS_MARK, chapter_title, results_tables, save_results
     from clipnotes.profiles import get_profile
     from clipnotes.stats import Gap
     prof = dataclasses.replace(get_profile("mini", seed=0), cache_dir=tmp_path)
-    for chapter in ("05_wise_ft", "09_lp_ft"):
+    for chapter in ("03_prompts", "05_wise_ft", "09_lp_ft"):
         save_results(prof, chapter, {}, claims={"a claim": Gap(0.02, 0.01)})
     page = (ROOT / "book" / "results.md").read_text().replace(RESULTS_MARK, results_tables(tmp_path / "results",
                                                                                       ROOT / "notebooks"))
+    # each section titled as its chapter, found by number (chapter 3 saves its results as "03_prompts")
+    for notebook in ("03_prompt_engineering", "05_wise_ft", "09_lp_ft"):
+        assert "## " + chapter_title(ROOT / "notebooks" / f"{notebook}.ipynb") in page
     levels = _heading_levels(page)
     assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:])), levels
 
