@@ -11,7 +11,7 @@ from torch import nn
 
 from .data import ImageDataset
 from .models import ClipBundle
-from .utils import ClipnotesError, code_fingerprint, load_torch, no_autocast, save_torch, stable_hash, weights_digest
+from .utils import code_fingerprint, load_torch, no_autocast, save_torch, stable_hash, weights_digest
 
 def logits(features: torch.Tensor, head: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Scaled cosine similarities, (N, C); ``features`` must be L2-normalised."""
@@ -79,7 +79,10 @@ def tuned_linear_probe(features: torch.Tensor, labels: torch.Tensor, shots: np.n
                        cs: Sequence[float] = PROBE_CS, n_val: int = 1000, seed: int = 0):
     """Chapter 2's probe, CLIP's protocol: a probe on the pool's ``shots`` (indices) for each
     ``c`` in ``cs``, scored on up to ``n_val`` other images of the pool (the validation split,
-    never the test set), and the best kept (the smallest ``c`` on a tie). Returns ``(probe, c)``."""
+    never the test set), and the best kept (the smallest ``c`` on a tie). Returns ``(probe, c)``.
+
+    A pool with no image besides the shots (the paper check's few fake images) leaves nothing to
+    choose C on: the probe keeps C = 1, with a warning."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -87,7 +90,9 @@ def tuned_linear_probe(features: torch.Tensor, labels: torch.Tensor, shots: np.n
     shots = np.asarray(shots)
     val = np.setdiff1d(np.arange(len(labels)), shots)[:n_val]
     if len(val) == 0:
-        raise ClipnotesError("the probe pool has no images left for validation: use fewer shots or a larger pool")
+        warnings.warn("the probe pool holds only the shots, so no image is left to choose C on: C = 1 kept",
+                      stacklevel=2)
+        return fit_linear_probe(features[shots], labels[shots], 1.0, seed), 1.0
     x_val, y_val = features[val].cpu().numpy(), labels[val].cpu().numpy()
     best = None
     with warnings.catch_warnings():

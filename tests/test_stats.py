@@ -97,7 +97,6 @@ def test_chapter_2s_probe_chooses_c_on_the_pool_never_on_its_shots():
     import torch
 
     from clipnotes.evaluate import fit_linear_probe, tuned_linear_probe
-    from clipnotes.utils import ClipnotesError
     rng = np.random.default_rng(0)
     labels = torch.from_numpy(rng.integers(0, 3, 300))
     feats = torch.from_numpy(rng.normal(size=(300, 8)) + 1.5 * np.eye(3, 8)[labels.numpy()]).float()
@@ -110,5 +109,9 @@ def test_chapter_2s_probe_chooses_c_on_the_pool_never_on_its_shots():
     # trained on the shots alone
     np.testing.assert_allclose(probe.predict_proba(feats[:5].numpy()),
                                fit_linear_probe(feats[shots], labels[shots], c).predict_proba(feats[:5].numpy()))
-    with pytest.raises(ClipnotesError, match="no images left for validation"):
-        tuned_linear_probe(feats[:12], labels[:12], shots)
+    # a pool of only the shots (the paper check's fake data): nothing to choose C on, C = 1 kept
+    with pytest.warns(UserWarning, match="no image is left to choose C on"):
+        alone, c = tuned_linear_probe(feats[:12], labels[:12], shots)
+    assert c == 1.0
+    np.testing.assert_allclose(alone.predict_proba(feats[:5].numpy()),
+                               fit_linear_probe(feats[shots], labels[shots], 1.0).predict_proba(feats[:5].numpy()))
