@@ -179,9 +179,10 @@ CHAPTER_NEEDS: dict[str, tuple[str, ...]] = {
     "07": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
     "08": ("pacs", "weights:ViT-B-16-quickgelu"),
     "09": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
-    "10": ("cifar10", "cifar10-shifts", "eurosat", "coop-split:EuroSAT", "weights:ViT-B-32-quickgelu"),
+    "10": ("cifar10", "cifar10-shifts", "weights:ViT-B-32-quickgelu"),
     "11": ("eurosat", "coop-split:EuroSAT", "weights:ViT-B-16-quickgelu"),
     "12": ("pacs", "weights:ViT-B-16-quickgelu"),
+    "13": ("cifar10", "eurosat", "coop-split:EuroSAT", "weights:ViT-B-32-quickgelu"),
 }
 
 #: Hosted where a plain HTTP client cannot fetch them (Google Drive): the command says where.

@@ -1,4 +1,4 @@
-"""PAINT, patching by interpolation (chapter 10): fine-tune the image encoder on a task the
+"""PAINT, patching by interpolation (chapter 13): fine-tune the image encoder on a task the
 zero-shot model is bad at, behind that task's frozen zero-shot head, then move back towards the
 zero-shot weights, θ(α) = (1 − α)·θ₀ + α·θ₁ (Ilharco et al., 2022).
 
@@ -19,12 +19,12 @@ from .utils import ClipnotesError, progress
 from .wise import alphas, wise
 
 
-#: Chapter 10's grid of PAINT's mixing coefficient α (0 is the zero-shot model, 1 the fine-tuned one).
+#: Chapter 13's grid of PAINT's mixing coefficient α (0 is the zero-shot model, 1 the fine-tuned one).
 PAINT_ALPHAS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 def alpha_grid(profile: Profile) -> tuple[float, ...]:
-    """Chapter 10's α grid (:func:`clipnotes.wise.alphas`: three points in the paper check)."""
+    """Chapter 13's α grid (:func:`clipnotes.wise.alphas`: three points in the paper check)."""
     return alphas(profile, PAINT_ALPHAS)
 
 

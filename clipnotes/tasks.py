@@ -231,7 +231,7 @@ def finetune_benchmark(profile: Profile, n_train: int = 4000, n_eval: int = 1000
 
 
 def patching_benchmarks(profile: Profile, n_train: int = 4000, n_eval: int = 1000) -> tuple[Benchmark, Benchmark]:
-    """Chapter 10's PAINT section: the *patching* task the zero-shot model is bad at (with
+    """Chapter 13 (PAINT): the *patching* task the zero-shot model is bad at (with
     ``train``) and a *supported* task it should keep; each with a held-out split (``val``) for
     choosing the mixing coefficient.
 

@@ -48,7 +48,7 @@ MINI_PHOTO_TEMPLATES: tuple[str, ...] = tuple(t for t in MINI_TEMPLATES
                                               if not any(f" {w} of " in t for w in _MINI_NON_PHOTO))
 
 
-#: Chapter 10's patching task in the mini world: the object's size, whatever its shape.
+#: Chapter 13's patching task in the mini world: the object's size, whatever its shape.
 MINI_SIZE_TEMPLATES: tuple[str, ...] = ("a photo of a {} shape.",)
 
 

@@ -103,6 +103,14 @@ def test_chapter_needs_and_files_that_must_be_fetched_by_hand(tmp_path):
     assert "DATASETS.md" in DL.fetch_need("coop-split:EuroSAT", prof)
 
 
+def test_every_chapter_after_the_mini_world_says_what_its_paper_path_reads():
+    """A new chapter gets its line in CHAPTER_NEEDS (chapter 0 is the mini world alone)."""
+    from pathlib import Path
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    numbers = sorted(p.name[:2] for p in notebooks.glob("[0-9][0-9]_*.ipynb") if p.name[:2] != "00")
+    assert sorted(DL.CHAPTER_NEEDS) == numbers
+
+
 def test_the_cifar10_shifts_arrive_in_the_layout_the_loader_reads(server, tmp_path, monkeypatch):
     """The real chain on fake files: served over loopback, fetched, then read by data.cifar10_shift."""
 

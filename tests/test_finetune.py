@@ -295,7 +295,7 @@ def test_frozen_features_are_encoded_once_per_weights(bundle, train):
 
 
 def test_freeze_head_trains_the_encoder_behind_a_fixed_head(bundle, train):
-    """PAINT (chapter 10): the patching task's zero-shot head stays as it was."""
+    """PAINT (chapter 13): the patching task's zero-shot head stays as it was."""
     cfg = FinetuneConfig(steps=3, batch_size=8, warmup=1, lr=1e-4, threads=1, freeze_head=True)
     run = finetune(bundle, train.relabelled("size"), list(W.SIZES), ["a photo of a {} shape."], cfg, quiet=True)
     assert torch.equal(run.end.head.weight, run.start.head.weight) and run.end.head.weight.shape[0] == 3

@@ -95,7 +95,7 @@ def test_midpoint_loss_is_paired_and_signed():
     assert soups.midpoint_loss(a, b, a, ["ID"]).diff == pytest.approx(0.0)
 
 
-# ---------------------------------------------------------------- PAINT (chapter 10, section 4)
+# ---------------------------------------------------------------- PAINT (chapter 13)
 from clipnotes import patching  # noqa: E402
 
 
@@ -148,7 +148,7 @@ def test_paper_patching_reads_eurosat_and_cifar10(tmp_path, monkeypatch):
 
 
 def test_alpha_grids_are_the_chapters_own_in_mini_and_three_points_in_the_paper_check(monkeypatch):
-    """Every α grid of chapters 5–10 (WiSE-FT's, the coarse one, PAINT's, chapter 10's paths) is
+    """Every α grid of chapters 5, 10 and 13 (WiSE-FT's, the coarse one, chapter 10's paths, PAINT's) is
     unchanged in mini; the paper check sweeps 0, 0.5 and 1, the α the chapters read by name."""
     from clipnotes.patching import PAINT_ALPHAS, alpha_grid
     from clipnotes.wise import ALPHAS, COARSE_ALPHAS, alphas

@@ -139,7 +139,7 @@ class WorldDataset(torch.utils.data.Dataset):
         self.classnames = list(FACTOR_VALUES[label])
 
     def relabelled(self, factor: str) -> "WorldDataset":
-        """The same images labelled by another factor, e.g. ``"size"`` (chapter 10's patching task)."""
+        """The same images labelled by another factor, e.g. ``"size"`` (chapter 13's patching task)."""
         return WorldDataset(self.world, self.split, factor)
 
     def __len__(self) -> int:
