@@ -101,7 +101,7 @@ def write_data(root: Path, size: Size) -> None:
 
 
 def run(device: str, size: Size, root: Path) -> list[Row]:
-    """Every row of the table (chapters 2–9, 11 and 12), on ``device`` with fake data written under ``root``."""
+    """Every row of the table (chapters 2–13), on ``device`` with fake data written under ``root``."""
     cuda = device.startswith("cuda")
     base = get_profile("paper", check=False)
     precision = ("bf16" if native_bf16() else "fp16") if cuda else "fp32"
@@ -137,7 +137,7 @@ def run(device: str, size: Size, root: Path) -> list[Row]:
         coop.fit_cocoop(b16, few.classnames, pool.features, pool.labels, max_epochs=epochs)
 
     ft = dataclasses.replace(tasks.finetune_benchmark(profile), templates=templates)
-    for loss, chapter in (("ce", "05, 09"), ("flyp", "06"), ("carft", "07")):
+    for loss, chapter in (("ce", "05, 09, 10, 13"), ("flyp", "06"), ("carft", "07")):
         cfg = recipe(profile, loss, steps=size.steps, batch_size=size.batch, warmup=1)
         with timed(rows, chapter, f"{loss} fine-tuning, {cfg.steps} steps of {cfg.batch_size}, B/32",
                    cfg.steps * cfg.batch_size, device, label):
@@ -145,7 +145,7 @@ def run(device: str, size: Size, root: Path) -> list[Row]:
                             captions=ft.captions, fp16_scaler=profile.fp16_scaler)
     evals = EvalSets(b32, ft.eval_sets, batch_size=size.eval_batch)
     n_eval = sum(len(d) for d in ft.eval_sets.values())
-    with timed(rows, "05-07", "WiSE: one mixture evaluated on ID + OOD", n_eval, device, label):
+    with timed(rows, "05-07, 10, 13", "a weight mixture evaluated on ID + OOD", n_eval, device, label):
         evals.accuracy(done.end, profile.autocast)
     with timed(rows, "09", "LP-FT: frozen features of the training set", len(ft.train), device, label):
         frozen_features(done.start, ft.train, b32.preprocess, profile.autocast, batch_size=size.eval_batch)

@@ -86,13 +86,18 @@ def results_file(results_dir: str | Path, chapter: str, profile: str, seed: int)
     return Path(results_dir) / f"{chapter}-{profile}-seed{seed}.json"
 
 
+def results_dir(profile: Profile) -> Path:
+    """The folder of a profile's results files, in its cache (chapter 10's plane reads the earlier chapters' there)."""
+    return profile.cache_dir / "results"
+
+
 def default_results_dir() -> Path:
     """The results files' folder in this machine's cache (``CLIPNOTES_CACHE``): the site's results page reads it."""
-    return get_profile("mini", seed=0).cache_dir / "results"
+    return results_dir(get_profile("mini", seed=0))
 
 
 def results_path(profile: Profile, chapter: str) -> Path:
-    return results_file(profile.cache_dir / "results", chapter, profile.name, profile.seed)
+    return results_file(results_dir(profile), chapter, profile.name, profile.seed)
 
 
 def save_results(profile: Profile, chapter: str, results: dict[str, Any],
@@ -237,11 +242,8 @@ def method_plane(results_dir: str | Path, seed: int = 0, profile: str = "mini"):
     files: ``(chapter 5's WiSE-FT sweep or None, {method (chapter): (ID, mean OOD)})``."""
     import pandas as pd
 
-    def saved(chapter: str) -> dict | None:
-        path = results_file(results_dir, chapter, profile, seed)
-        return json.loads(path.read_text()) if path.exists() else None
-
-    wise = saved("05_wise_ft")
+    path = results_file(results_dir, "05_wise_ft", profile, seed)
+    wise = json.loads(path.read_text()) if path.exists() else None
     sweep = pd.DataFrame(wise["sweep"]).set_index("alpha") if wise and "sweep" in wise else None
     return sweep, plane_points(PLANE_ROWS, results_dir, seed, profile)
 

@@ -116,9 +116,12 @@ def ingredient_recipes(profile: Profile, k: int = 4, lr_spread: float = 3.0) -> 
 
 def divergent_recipe(profile: Profile, lr_factor: float = 30.0) -> FinetuneConfig:
     """An ingredient meant to leave the shared basin: a drawn ingredient's recipe at ``lr_factor``×
-    chapter 5's learning rate (the lesson of model-soups issue 5: too wide an lr range breaks the soup)."""
+    chapter 5's learning rate (the lesson of model-soups issue 5: too wide an lr range breaks the soup),
+    for half that ingredient's steps — at such a rate the run leaves the basin within them."""
     first = ingredient_recipes(profile, 2)[1]
-    return dataclasses.replace(first, lr=recipe(profile, "ce").lr * lr_factor, seed=first.seed + 99)
+    steps = max(1, first.steps // 2)
+    return dataclasses.replace(first, lr=recipe(profile, "ce").lr * lr_factor, seed=first.seed + 99,
+                               steps=steps, warmup=min(first.warmup, max(1, steps // 4)))
 
 
 def midpoint_loss(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], mid: Mapping[str, np.ndarray],

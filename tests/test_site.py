@@ -203,3 +203,14 @@ def test_plane_points_say_which_chapters_have_not_run(tmp_path, capsys):
     assert plane_points(rows, tmp_path, seed=2, say_missing=True) == {"CAR-FT (ch. 7)": (0.96, 0.74)}
     assert capsys.readouterr().out.strip() == "chapter 6 has not run in mini with seed 2: its points are left out"
     assert plane_points(rows, tmp_path, seed=0) == {} and capsys.readouterr().out == ""
+
+
+def test_a_profiles_results_files_live_in_one_folder(tmp_path, monkeypatch):
+    """save_results writes where results_dir says, the folder chapter 10's plane reads."""
+    from clipnotes import book
+    from clipnotes.profiles import get_profile
+    monkeypatch.setenv("CLIPNOTES_CACHE", str(tmp_path))
+    profile = get_profile("mini", seed=3)
+    path = book.save_results(profile, "07_car_ft", {"table": {"ID": {"CAR-FT": 0.9}, "OOD mean": {"CAR-FT": 0.7}}})
+    assert path.parent == book.results_dir(profile) == tmp_path / "results"
+    assert book.plane_points({"07_car_ft": ["CAR-FT"]}, book.results_dir(profile), seed=3) == {"CAR-FT (ch. 7)": (0.9, 0.7)}

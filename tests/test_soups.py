@@ -83,6 +83,7 @@ def test_ingredient_recipes_start_with_chapter_5_and_draw_the_rest():
     assert all(c.steps == cfgs[0].steps // 2 and c.weight_decay in soups.WEIGHT_DECAYS for c in cfgs[1:])
     div = soups.divergent_recipe(mini)
     assert div.lr == 30 * cfgs[0].lr and div.seed not in {c.seed for c in cfgs}
+    assert div.steps == cfgs[1].steps // 2 and div.warmup <= div.steps // 4
     with pytest.raises(ClipnotesError):
         soups.ingredient_recipes(mini, k=1)
 
