@@ -198,13 +198,17 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
     ``mini`` on each seed (``make test`` writes seed 0, ``make seeds`` seeds 1–4) with the range
     over them, then any ``paper`` run (a GPU run of a chapter saves one beside them). With the
     chapters' ``notebooks`` folder, each chapter's section is titled as the chapter and opens with
-    the papers' published numbers from its "Paper vs ours" box."""
+    the papers' published numbers from its "Paper vs ours" box. A chapter's rows are the claims
+    of its newest results file (a file from an older version may carry claims it no longer makes)."""
     by_chapter: dict[str, dict[tuple[str, int], dict]] = {}
+    newest: dict[str, tuple[float, list[str]]] = {}        # a chapter's claims as its newest run states them
     for f in sorted(Path(results_dir).glob("*-seed*.json")):
         record = json.loads(f.read_text())
         if record.get("claims") and record.get("profile") in ("mini", "paper"):
             run = (record["profile"], int(record["seed"]))
             by_chapter.setdefault(record["chapter"], {})[run] = record["claims"]
+            if f.stat().st_mtime >= newest.get(record["chapter"], (-1.0, []))[0]:
+                newest[record["chapter"]] = (f.stat().st_mtime, list(record["claims"]))
     if not by_chapter:
         return f"*No results files with claims in `{results_dir}` yet: run `make test` (and `make seeds`).*"
     out = []
@@ -222,7 +226,8 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
         else:
             out += [f"## {chapter}", ""]
         out += ["| claim | " + " | ".join(names) + " | range (mini) |", "| --- |" + " --- |" * (len(order) + 1)]
-        for claim in dict.fromkeys(k for run in order for k in runs[run]):
+        # claims an older version of the chapter made, and its newest run no longer does, are left out
+        for claim in newest[chapter][1]:
             vals = [runs[run].get(claim) for run in order]
             cells = [f"{100 * v['diff']:+.1f} ± {100 * v['margin']:.1f}" if v else "" for v in vals]
             diffs = [100 * v["diff"] for run, v in zip(order, vals) if v and run[0] == "mini"]

@@ -57,7 +57,7 @@ CHECK_ALPHAS: tuple[float, ...] = (0.0, 0.5, 1.0)
 
 
 def alphas(profile: "Profile", grid: Sequence[float] = ALPHAS) -> tuple[float, ...]:
-    """The α grid a chapter sweeps (chapters 5–10): ``grid`` itself, or :data:`CHECK_ALPHAS` in
+    """The α grid a chapter sweeps (chapters 5, 10 and 13): ``grid`` itself, or :data:`CHECK_ALPHAS` in
     the paper check."""
     return CHECK_ALPHAS if profile.paper_check else tuple(float(a) for a in grid)
 

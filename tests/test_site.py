@@ -214,3 +214,22 @@ def test_a_profiles_results_files_live_in_one_folder(tmp_path, monkeypatch):
     path = book.save_results(profile, "07_car_ft", {"table": {"ID": {"CAR-FT": 0.9}, "OOD mean": {"CAR-FT": 0.7}}})
     assert path.parent == book.results_dir(profile) == tmp_path / "results"
     assert book.plane_points({"07_car_ft": ["CAR-FT"]}, book.results_dir(profile), seed=3) == {"CAR-FT (ch. 7)": (0.9, 0.7)}
+
+
+def test_results_page_leaves_out_claims_an_older_version_of_a_chapter_made(tmp_path):
+    """Seed 3's file is from before a claim moved to another chapter: the page shows the newest
+    run's claims only (seed 3's cell of a kept claim stays)."""
+    import dataclasses
+    import os
+
+    from clipnotes.book import results_tables, save_results
+    from clipnotes.profiles import get_profile
+    from clipnotes.stats import Gap
+    old = save_results(dataclasses.replace(get_profile("mini", seed=3), cache_dir=tmp_path), "10_model_soups", {},
+                       claims={"soup beats ingredients": Gap(0.01, 0.003), "PAINT size gain": Gap(0.1, 0.02)})
+    os.utime(old, (1, 1))
+    save_results(dataclasses.replace(get_profile("mini", seed=0), cache_dir=tmp_path), "10_model_soups", {},
+                 claims={"soup beats ingredients": Gap(0.008, 0.003)})
+    table = results_tables(tmp_path / "results")
+    assert "| soup beats ingredients | +0.8 ± 0.6 | +1.0 ± 0.6 | +0.8 … +1.0 |" in table
+    assert "PAINT" not in table
