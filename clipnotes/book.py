@@ -207,8 +207,9 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
         if record.get("claims") and record.get("profile") in ("mini", "paper"):
             run = (record["profile"], int(record["seed"]))
             by_chapter.setdefault(record["chapter"], {})[run] = record["claims"]
-            if f.stat().st_mtime >= newest.get(record["chapter"], (-1.0, []))[0]:
-                newest[record["chapter"]] = (f.stat().st_mtime, list(record["claims"]))
+            mtime = f.stat().st_mtime
+            if mtime >= newest.get(record["chapter"], (-1.0, []))[0]:
+                newest[record["chapter"]] = (mtime, list(record["claims"]))
     if not by_chapter:
         return f"*No results files with claims in `{results_dir}` yet: run `make test` (and `make seeds`).*"
     out = []
