@@ -132,6 +132,7 @@ doctor: $(STAMP)
 
 pretrain-mini: $(STAMP)
 	$(BIN)/python -m clipnotes pretrain-mini
+	$(BIN)/python -m clipnotes pretrain-mini --crops
 
 clean:
 	rm -rf _build .cache .pytest_cache

@@ -17,7 +17,7 @@ def _doctor(args: argparse.Namespace) -> int:
     import torchvision
 
     from . import __version__
-    from .models import MINI_CHECKPOINT, create_mini, mini_card, verify_shipped_checkpoint
+    from .models import CROPS_CHECKPOINT, MINI_CHECKPOINT, create_mini, mini_card, verify_shipped_checkpoint
     from .profiles import get_profile
     from .features import writable_dir
 
@@ -44,18 +44,17 @@ def _doctor(args: argparse.Namespace) -> int:
     except ClipnotesError as e:
         ok = False
         line("PROBLEM", "cache dir", str(e))
-    try:
-        sha = verify_shipped_checkpoint()
-        card = mini_card()
-        size_mb = MINI_CHECKPOINT.stat().st_size / 2**20
-        line("ok", "mini checkpoint", f"sha256 {sha[:16]}… ({size_mb:.1f} MB, {card['parameters']:,} parameters)")
-        create_mini("shipped")
-        last = card["log"][-1]
-        line("ok", "mini zero-shot", f"held-out mean {last['zs_mean']:.1%} (single template), "
-                                     f"retrieval R@1 {last['retrieval_r1']:.1%}")
-    except ClipnotesError as e:
-        ok = False
-        line("PROBLEM", "mini checkpoint", str(e))
+    for name, label in (("shipped", "mini checkpoint"), ("crops", "mini crops (ch. 12)")):
+        try:
+            sha, card = verify_shipped_checkpoint(name), mini_card(name)
+            size_mb = (MINI_CHECKPOINT if name == "shipped" else CROPS_CHECKPOINT).stat().st_size / 2**20
+            create_mini(name)
+            last = card["log"][-1]
+            line("ok", label, f"sha256 {sha[:16]}… ({size_mb:.1f} MB, {card['parameters']:,} parameters); held-out "
+                              f"zero-shot {last['zs_mean']:.1%} (single template), R@1 {last['retrieval_r1']:.1%}")
+        except ClipnotesError as e:
+            ok = False
+            line("PROBLEM", label, str(e))
     if args.paper:
         ok = _doctor_paper(line) and ok
     print("all good" if ok else "some checks failed: see PROBLEM lines")
@@ -87,27 +86,30 @@ def _doctor_paper(line) -> bool:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .models import MINI_CHECKPOINT, mini_card
-    from .pretrain import PretrainConfig, pretrain
+    from .models import CROPS_CHECKPOINT, MINI_CHECKPOINT, mini_card
+    from .pretrain import CROPS_SHARE, PretrainConfig, pretrain
     from .profiles import default_cache_dir
 
     base = PretrainConfig(**mini_card()["config"]) if MINI_CHECKPOINT.exists() else PretrainConfig()
     overrides = {k: v for k, v in (("steps", args.steps), ("world_seed", args.world_seed),
                                    ("init_seed", args.init_seed), ("threads", args.threads)) if v is not None}
+    if args.crops:
+        overrides["crop_share"] = CROPS_SHARE
     cfg = PretrainConfig(**{**base.__dict__, **overrides})
     cache = Path(os.environ.get("CLIPNOTES_CACHE") or default_cache_dir())
     run_dir = Path(args.run_dir) if args.run_dir else cache / "pretrain-mini" / cfg.key
-    out = Path(args.out) if args.out else run_dir / "mini_clip.pt"
+    out = Path(args.out) if args.out else run_dir / ("mini_clip_crops.pt" if args.crops else "mini_clip.pt")
     print(f"pretraining clipnotes-mini: {cfg.steps} steps of {cfg.batch_size} pairs; run dir {run_dir} "
           "(rerun the same command to resume)")
     card = pretrain(cfg, run_dir, out)
     last = card["log"][-1]
     print(f"done in {card['minutes']:.1f} min: zero-shot {last['zs_mean']:.1%}, R@1 {last['retrieval_r1']:.1%}; "
           f"weights {out} (sha256 {card['sha256'][:16]}…)")
-    if MINI_CHECKPOINT.exists():
-        shipped = mini_card()["log"][-1]
-        print(f"shipped checkpoint: zero-shot {shipped['zs_mean']:.1%}, R@1 {shipped['retrieval_r1']:.1%}; "
-              f"identical weights: {card['sha256'] == mini_card()['sha256']}")
+    name, shipped_weights = ("crops", CROPS_CHECKPOINT) if args.crops else ("shipped", MINI_CHECKPOINT)
+    if shipped_weights.exists():
+        ref = mini_card(name)
+        print(f"shipped checkpoint ({name}): zero-shot {ref['log'][-1]['zs_mean']:.1%}, "
+              f"R@1 {ref['log'][-1]['retrieval_r1']:.1%}; identical weights: {card['sha256'] == ref['sha256']}")
     return 0
 
 
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-seed", type=int, help="seed of the pretraining world")
     p.add_argument("--init-seed", type=int, help="seed of the initial weights")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--crops", action="store_true",
+                   help="show 3 of every 4 training images as random resized crops (chapter 12's second model)")
     p.add_argument("--run-dir", help="where the resumable state lives")
     p.add_argument("--out", help="where to write the final weights (a .json card goes beside them)")
     p.set_defaults(func=_pretrain)

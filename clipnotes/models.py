@@ -30,6 +30,10 @@ ASSETS = Path(__file__).parent / "assets"
 MINI_MODEL = "clipnotes-mini"
 MINI_CHECKPOINT = ASSETS / "mini_clip.pt"
 MINI_CARD = ASSETS / "mini_clip.json"      # sha256, training config and log of the shipped checkpoint
+#: The second shipped tiny CLIP, pretrained with crops (``pretrain-mini --crops``), for chapter 12.
+CROPS_CHECKPOINT = ASSETS / "mini_clip_crops.pt"
+CROPS_CARD = ASSETS / "mini_clip_crops.json"
+SHIPPED_MINIS = ("shipped", "crops")
 PAPER_MODELS = ("ViT-B-32-quickgelu", "ViT-B-16-quickgelu")
 
 open_clip.add_model_config(ASSETS / "model_configs")
@@ -113,23 +117,32 @@ def _quiet_open_clip():
 
 
 # ----------------------------------------------------------------------------- mini
-def mini_card() -> dict[str, Any]:
-    """The shipped checkpoint's card: sha256, training config, log."""
-    if not MINI_CARD.exists():
-        raise ClipnotesError(f"the shipped checkpoint card {MINI_CARD} is missing; reinstall clipnotes "
-                             "or run `python -m clipnotes pretrain-mini`")
-    return json.loads(MINI_CARD.read_text())
+def _shipped_files(name: str) -> tuple[Path, Path, str]:
+    """Weights, card and the command that remakes them, for a shipped tiny CLIP."""
+    if name == "shipped":
+        return MINI_CHECKPOINT, MINI_CARD, "python -m clipnotes pretrain-mini"
+    if name == "crops":
+        return CROPS_CHECKPOINT, CROPS_CARD, "python -m clipnotes pretrain-mini --crops"
+    raise ClipnotesError(f"no shipped tiny CLIP is called {name!r}; choose one of {', '.join(SHIPPED_MINIS)}")
 
 
-def verify_shipped_checkpoint() -> str:
-    """Check the shipped checkpoint against its sha256; return the hash."""
-    if not MINI_CHECKPOINT.exists():
-        raise ClipnotesError(f"the shipped checkpoint {MINI_CHECKPOINT} is missing; reinstall clipnotes "
-                             "or run `python -m clipnotes pretrain-mini`")
-    expected, actual = mini_card()["sha256"], sha256_file(MINI_CHECKPOINT)
+def mini_card(name: str = "shipped") -> dict[str, Any]:
+    """A shipped checkpoint's card (``"shipped"``, or chapter 12's ``"crops"``): sha256, training config, log."""
+    _, card, remake = _shipped_files(name)
+    if not card.exists():
+        raise ClipnotesError(f"the checkpoint card {card} is missing; reinstall clipnotes or run `{remake}`")
+    return json.loads(card.read_text())
+
+
+def verify_shipped_checkpoint(name: str = "shipped") -> str:
+    """Check a shipped checkpoint against its card's sha256; return the hash."""
+    weights, _, remake = _shipped_files(name)
+    if not weights.exists():
+        raise ClipnotesError(f"the shipped checkpoint {weights} is missing; reinstall clipnotes or run `{remake}`")
+    expected, actual = mini_card(name)["sha256"], sha256_file(weights)
     if actual != expected:
-        raise ClipnotesError(f"the shipped checkpoint {MINI_CHECKPOINT} fails its sha256 check (corrupt or "
-                             "modified); reinstall clipnotes or run `python -m clipnotes pretrain-mini`")
+        raise ClipnotesError(f"the shipped checkpoint {weights} fails its sha256 check (corrupt or "
+                             f"modified); reinstall clipnotes or run `{remake}`")
     return actual
 
 
@@ -152,15 +165,17 @@ def load_state_dict_checked(model: nn.Module, state: Any, source: str) -> None:
 
 def create_mini(checkpoint: str | os.PathLike | None = "shipped", device: str | torch.device = "cpu",
                 seed: int = 0) -> ClipBundle:
-    """The tiny CLIP: ``"shipped"`` weights, a checkpoint file, or ``None`` for a fresh random init
-    drawn from ``seed``. The global random stream is left where the chapter's seed put it."""
+    """The tiny CLIP: ``"shipped"`` weights, chapter 12's ``"crops"`` (pretrained with crops), a
+    checkpoint file, or ``None`` for a fresh random init drawn from ``seed``. The global random
+    stream is left where the chapter's seed put it."""
     with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.create_model(MINI_MODEL, pretrained=None)
-    if checkpoint == "shipped":
-        verify_shipped_checkpoint()
-        load_state_dict_checked(model, load_torch(MINI_CHECKPOINT, "shipped checkpoint"), str(MINI_CHECKPOINT))
-        tag = f"shipped-{mini_card()['sha256'][:12]}"
+    if checkpoint in SHIPPED_MINIS:
+        weights = _shipped_files(checkpoint)[0]
+        verify_shipped_checkpoint(checkpoint)
+        load_state_dict_checked(model, load_torch(weights, "shipped checkpoint"), str(weights))
+        tag = f"{checkpoint}-{mini_card(checkpoint)['sha256'][:12]}"
     elif checkpoint is not None:
         load_state_dict_checked(model, load_torch(checkpoint, "checkpoint"), str(checkpoint))
         tag = f"file-{sha256_file(checkpoint)[:12]}"
@@ -219,10 +234,13 @@ def create_paper(model_name: str, pretrained: str | None = "openai", device: str
     return ClipBundle(model, open_clip.get_tokenizer(model_name), prep, model_name, tag)
 
 
-def load_model(profile: Profile, frozen: bool = False) -> ClipBundle:
-    """The profile's model (``frozen=True``: the backbone of frozen-encoder chapters)."""
+def load_model(profile: Profile, frozen: bool = False, mini: str = "shipped") -> ClipBundle:
+    """The profile's model (``frozen=True``: the backbone of frozen-encoder chapters). ``mini`` picks
+    the shipped tiny CLIP in ``mini`` (chapter 12's ``"crops"``); ``paper`` has one CLIP, trained on
+    web images that already show objects at every scale, and ignores it."""
+    _shipped_files(mini)                        # an unknown name fails here, in either profile
     if profile.name == "mini":
-        return create_mini("shipped", profile.device)
+        return create_mini(mini, profile.device)
     name = profile.frozen_model if frozen else profile.model
     if profile.random_weights:                 # the paper check: the architecture, seeded, no weights
         return create_paper(name, None, profile.device, seed=profile.seed)

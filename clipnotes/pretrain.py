@@ -6,6 +6,12 @@ ln(100) after every step, AdamW (beta2 0.98, eps 1e-6, weight decay 0.2 on matri
 linear warmup then cosine decay. Batch ``b`` of step ``s`` holds items
 ``s*b ... s*b+b-1`` of the world's ``pretrain`` stream, so a run is a pure function of
 its config and a killed run resumes exactly where it stopped.
+
+``crop_share`` > 0 (``pretrain-mini --crops``) shows that share of every batch as random
+resized crops with flips (TPT's views), the rest whole. The mini world draws every shape whole,
+while real CLIP's web images show objects at every scale and often cut off by the frame; the
+crops stand in for that variety, at a price: a crop can cut away the shape its caption names, or
+make a "small" one look large. Chapter 12 compares test-time prompt tuning on both models.
 """
 from __future__ import annotations
 
@@ -21,12 +27,13 @@ import open_clip
 import torch
 
 from . import world as W
+from .augment import apply_crops, crop_boxes
 from .models import MINI_MODEL, create_mini, mini_tokenizer
 from .evaluate import accuracy_by_group, logits
 from .optim import param_groups, set_lr, warmup_cosine
 from .templates import PHOTO_TEMPLATE
-from .utils import (code_fingerprint, load_torch, progress, save_json, save_torch, seed_everything, sha256_file,
-                    stable_hash)
+from .utils import (ClipnotesError, code_fingerprint, load_torch, progress, save_json, save_torch, seed_everything,
+                    sha256_file, stable_hash)
 from .zeroshot import zero_shot_head
 
 
@@ -44,13 +51,41 @@ class PretrainConfig:
     eval_every: int = 250
     eval_per_domain: int = 200
     threads: int = 2
+    # chapter 12's second model: this share of every batch shown as random resized crops
+    crop_share: float = 0.0
+    crop_scale_min: float = 0.08
+
+    def __post_init__(self):
+        if not 0 <= self.crop_share <= 1 or not 0 < self.crop_scale_min <= 1:
+            raise ClipnotesError(f"crop_share must lie in [0, 1] and crop_scale_min in (0, 1], got "
+                                 f"{self.crop_share} and {self.crop_scale_min}")
 
     @property
     def key(self) -> str:
         cfg = dict(dataclasses.asdict(self), model=open_clip.get_model_config(MINI_MODEL), world=W.WORLD_VERSION,
-                   world_fingerprint=W.fingerprint(), code=code_fingerprint("pretrain.py", "tokenizer.py"))
+                   world_fingerprint=W.fingerprint(),
+                   code=code_fingerprint("pretrain.py", "tokenizer.py", *(("augment.py",) if self.crop_share else ())))
         cfg.pop("eval_every"), cfg.pop("threads")
+        if not self.crop_share:                  # without crops, the fields hashed are those of before crops
+            cfg.pop("crop_share"), cfg.pop("crop_scale_min")
         return stable_hash(cfg)
+
+
+#: The share of each batch ``pretrain-mini --crops`` shows as crops.
+CROPS_SHARE = 0.75
+#: Crops of pretraining step ``s`` are drawn from a generator seeded ``CROP_SEED + s``.
+CROP_SEED = 1_000_003
+
+
+def pretraining_images(images: torch.Tensor, cfg: PretrainConfig, step: int) -> torch.Tensor:
+    """The images of step ``step``'s batch as the model sees them: the first ``crop_share`` of them
+    as random resized crops (area share ``crop_scale_min`` to 1, with flips), the rest whole."""
+    n = round(cfg.crop_share * len(images))
+    if n == 0:
+        return images
+    theta = crop_boxes(n, (cfg.crop_scale_min, 1.0), generator=torch.Generator().manual_seed(CROP_SEED + step))
+    x = images.float() / 255.0
+    return torch.cat([apply_crops(x[:n], theta), x[n:]])
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -111,7 +146,7 @@ def pretrain(cfg: PretrainConfig, run_dir: str | Path, out: str | Path | None = 
     while step < cfg.steps:
         idx = np.arange(step * cfg.batch_size, (step + 1) * cfg.batch_size)
         f = W.sample_factors(key, idx, natural=True)
-        images = bundle.preprocess(W.render(f))
+        images = bundle.preprocess(pretraining_images(W.render(f), cfg, step))
         texts = tok(W.captions(f))
         set_lr(opt, lr_at(step, cfg))
         img_f, txt_f, scale = model(images, texts)

@@ -21,8 +21,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import nn
 
+from .augment import CROP_RATIO, CROP_SCALE, apply_crops, crop_boxes  # noqa: F401 (crop_boxes: the chapter's)
 from .coop import PromptLearner
 from .data import ImageDataset
 from .features import cache_path, writable_dir
@@ -31,34 +33,13 @@ from .utils import ClipnotesError, code_fingerprint, frozen, load_torch, no_auto
 
 #: TPT's defaults (``tpt_classification.py``): 64 views, the 10 % most confident kept, one AdamW step at 5e-3.
 TPT_VIEWS, TPT_KEEP, TPT_STEPS, TPT_LR = 64, 0.1, 1, 5e-3
-#: torchvision's RandomResizedCrop defaults, TPT's augmentation for ImageNet and its shifts.
-CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
-
-
-def crop_boxes(n: int, scale: tuple[float, float] = CROP_SCALE, ratio: tuple[float, float] = CROP_RATIO,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` random crops (with a random horizontal flip) as affine maps, (n, 2, 3) for ``affine_grid``.
-
-    A crop covers a share of the image's area drawn from ``scale`` with an aspect ratio drawn
-    log-uniformly from ``ratio``, as torchvision's RandomResizedCrop; with ``scale`` up to 1 a
-    side longer than the image is clipped to it (torchvision instead redraws, then falls back
-    to a centre crop). A share above 1 zooms *out*: the whole image, smaller, somewhere inside
-    the view, its edge pixels extended around it.
-    """
-    lo, hi = scale
-    if not 0 < lo <= hi <= 4:
-        raise ClipnotesError(f"crop scale {scale} must satisfy 0 < low <= high <= 4")
-    area = torch.empty(n).uniform_(lo, hi, generator=generator)
-    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    side = 1.0 if hi <= 1 else float("inf")
-    w = (area * log_r.exp()).sqrt().clamp(max=side)             # width and height as shares of the side
-    h = (area / log_r.exp()).sqrt().clamp(max=side)
-    cx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - w)  # a crop stays inside the image; a zoom-out keeps it all
-    cy = (torch.rand(n, generator=generator) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
-    return theta
+def _image_ids(images: torch.Tensor, ids: Sequence[int] | None) -> Sequence[int]:
+    """The ids that seed each image's views: ``ids``, one per image, or 0…B−1."""
+    if ids is None:
+        return range(len(images))
+    if len(ids) != len(images):
+        raise ClipnotesError(f"{len(ids)} ids for {len(images)} images: pass one id per image")
+    return ids
 
 
 def augmented_views(images: torch.Tensor, n_views: int = TPT_VIEWS, scale: tuple[float, float] = CROP_SCALE,
@@ -73,25 +54,83 @@ def augmented_views(images: torch.Tensor, n_views: int = TPT_VIEWS, scale: tuple
         raise ClipnotesError(f"n_views must be at least 1 (the image itself), got {n_views}")
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     b, _, h, w = x.shape
-    ids = range(b) if ids is None else ids
+    ids = _image_ids(x, ids)
     theta = torch.stack([crop_boxes(n_views - 1, scale, generator=torch.Generator().manual_seed(
         seed * 1_000_003 + int(i))) for i in ids]).to(x.device)                       # (B, V-1, 2, 3)
-    grid = F.affine_grid(theta.flatten(0, 1), [b * (n_views - 1), 3, h, w], align_corners=False)
-    src = x[:, None].expand(-1, n_views - 1, -1, -1, -1).flatten(0, 1)
-    crops = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return torch.cat([x[:, None], crops.view(b, n_views - 1, 3, h, w).clamp(0, 1)], 1)
+    crops = apply_crops(x[:, None].expand(-1, n_views - 1, -1, -1, -1).flatten(0, 1), theta.flatten(0, 1))
+    return torch.cat([x[:, None], crops.view(b, n_views - 1, 3, h, w)], 1)
+
+
+#: The view families :func:`encode_views` makes: TPT's crops for ImageNet, its AugMix ops for the fine-grained sets.
+VIEW_KINDS = ("crops", "augmix")
+
+
+def _augmix_ops(rng: np.random.Generator, size: int, severity: float) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """AugMix's operations as TPT draws them (``augmix_ops``: no colour, contrast, brightness or sharpness),
+    at a strength drawn in [0.1, ``severity``] out of 10; translations scale with the image's ``size``."""
+    level = lambda: rng.uniform(0.1, severity)
+    sign = lambda: float(rng.choice([-1.0, 1.0]))
+    shear = lambda: sign() * math.degrees(math.atan(level() * 0.3 / 10))
+    shift = lambda: sign() * int(level() * size / 3 / 10)
+    # PIL's bilinear resampling, and shears about the top-left corner, as TPT's PIL ops do
+    affine = lambda x, move=(0, 0), shear=(0.0, 0.0): TF.affine(
+        x, angle=0.0, translate=list(move), scale=1.0, shear=list(shear), center=[0, 0],
+        interpolation=TF.InterpolationMode.BILINEAR)
+    return [TF.autocontrast, TF.equalize,
+            lambda x: TF.rotate(x, sign() * int(level() * 30 / 10), interpolation=TF.InterpolationMode.BILINEAR),
+            lambda x: TF.solarize(x, 256 - int(level() * 256 / 10)),
+            lambda x: affine(x, shear=(shear(), 0.0)), lambda x: affine(x, shear=(0.0, shear())),
+            lambda x: affine(x, move=(shift(), 0)), lambda x: affine(x, move=(0, shift())),
+            lambda x: TF.posterize(x, 4 - int(level() * 4 / 10))]
+
+
+def _augmix(image: torch.Tensor, rng: np.random.Generator, severity: float) -> torch.Tensor:
+    """One AugMix view of a uint8 image (3, H, W) -> floats in [0, 1]: three chains of one to three
+    random operations, mixed with Dirichlet weights, then with the image by a Beta(1, 1) share."""
+    ops = _augmix_ops(rng, image.shape[-1], severity)
+    w, m = rng.dirichlet([1.0] * 3), rng.beta(1.0, 1.0)
+    mix = torch.zeros(image.shape)
+    for wi in w:
+        y = image
+        for _ in range(rng.integers(1, 4)):
+            y = ops[rng.integers(len(ops))](y)
+        mix += float(wi) * y.float()
+    return ((m * image.float() + (1 - m) * mix) / 255).clamp(0, 1)
+
+
+def augmix_views(images: torch.Tensor, n_views: int = TPT_VIEWS, seed: int = 0, ids: Sequence[int] | None = None,
+                 severity: float = 1.0) -> torch.Tensor:
+    """``n_views`` views of each uint8 image, (B, n_views, 3, H, W) floats in [0, 1]: view 0 is the image,
+    the others AugMix views (TPT's augmentation for its fine-grained sets, at its severity 1) *without*
+    the random crop TPT puts before them, so the outline stays whole. Seeded per image, like
+    :func:`augmented_views`."""
+    if n_views < 1:
+        raise ClipnotesError(f"n_views must be at least 1 (the image itself), got {n_views}")
+    if images.dtype != torch.uint8:
+        raise ClipnotesError("AugMix views start from uint8 images (0-255), as the datasets give them")
+    ids = _image_ids(images, ids)
+    out = []
+    for image, i in zip(images, ids):
+        rng = np.random.default_rng([seed, int(i)])
+        out.append(torch.stack([image.float() / 255] + [_augmix(image, rng, severity) for _ in range(n_views - 1)]))
+    return torch.stack(out)
 
 
 @torch.no_grad()
 def encode_views(bundle: ClipBundle, dataset: ImageDataset, n_views: int = TPT_VIEWS,
                  scale: tuple[float, float] = CROP_SCALE, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                 batch_size: int = 16, autocast: Callable | None = None, desc: str = "images") -> torch.Tensor:
+                 batch_size: int = 16, autocast: Callable | None = None, desc: str = "images",
+                 kind: str = "crops") -> torch.Tensor:
     """The L2-normalised features of ``n_views`` views of every image of ``dataset``, (N, V, D) on the
-    CPU, view 0 the image itself; computed once with both towers frozen, and cached."""
+    CPU, view 0 the image itself; computed once with both towers frozen, and cached. ``kind``:
+    ``"crops"`` (random resized crops at ``scale``, with flips) or ``"augmix"`` (:func:`augmix_views`)."""
     if len(dataset) == 0:
         raise ClipnotesError("the dataset is empty; TPT needs at least one test image")
-    key = (f"tpt-views|{code_fingerprint()}|{code_fingerprint('tpt.py')}|{bundle.key}|{bundle.preprocess}|{dataset.cache_key}"
-           f"|{n_views}|{scale[0]:g}-{scale[1]:g}|s{seed}")
+    if kind not in VIEW_KINDS:
+        raise ClipnotesError(f"unknown kind of views {kind!r}; choose one of {', '.join(VIEW_KINDS)}")
+    how = f"{scale[0]:g}-{scale[1]:g}" if kind == "crops" else kind
+    key = (f"tpt-views|{code_fingerprint()}|{code_fingerprint('tpt.py', 'augment.py')}|{bundle.key}"
+           f"|{bundle.preprocess}|{dataset.cache_key}|{n_views}|{how}|s{seed}")
     path = cache_path(cache_dir, key) if cache_dir is not None else None
     if path is not None:
         writable_dir(path.parent)                    # before encoding, not after
@@ -107,7 +146,9 @@ def encode_views(bundle: ClipBundle, dataset: ImageDataset, n_views: int = TPT_V
     out = []
     for s in progress(range(0, len(dataset), batch_size), desc=f"{n_views} views of {desc}"):
         idx = np.arange(s, min(s + batch_size, len(dataset)))
-        views = augmented_views(dataset.images(idx), n_views, scale, seed, ids=idx)
+        images = dataset.images(idx)
+        views = (augmented_views(images, n_views, scale, seed, ids=idx) if kind == "crops"
+                 else augmix_views(images, n_views, seed, ids=idx))
         with (autocast or no_autocast)():
             f = bundle.encode_images(views.flatten(0, 1)).float()
         out.append(F.normalize(f, dim=-1).view(len(idx), n_views, -1).cpu())

@@ -63,6 +63,22 @@ def test_shipped_checkpoint_loads_and_is_small():
     assert b.pretrained.startswith("shipped-")
 
 
+def test_the_crop_pretrained_tiny_clip_is_shipped_beside_the_first():
+    """Chapter 12's second model: its own weights, checked against its own card."""
+    crops = create_mini("crops")
+    assert crops.pretrained.startswith("crops-") and crops.key != create_mini("shipped").key
+    assert models.mini_card("crops")["config"]["crop_share"] > 0
+    assert models.CROPS_CHECKPOINT.stat().st_size < 10 * 2**20
+
+
+def test_missing_or_unknown_shipped_models_get_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "CROPS_CHECKPOINT", tmp_path / "gone.pt")
+    with pytest.raises(ClipnotesError, match="pretrain-mini --crops"):
+        create_mini("crops")
+    with pytest.raises(ClipnotesError, match="no shipped tiny CLIP is called 'big'"):
+        models.mini_card("big")
+
+
 def test_corrupt_shipped_checkpoint_is_refused(tmp_path, monkeypatch):
     bad = tmp_path / "mini_clip.pt"
     shutil.copy(models.MINI_CHECKPOINT, bad)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from clipnotes.models import create_mini
-from clipnotes.pretrain import PretrainConfig, lr_at, pretrain
-from clipnotes.utils import load_torch
+from clipnotes.pretrain import CROPS_SHARE, PretrainConfig, lr_at, pretrain
+from clipnotes.utils import ClipnotesError, load_torch
 
 TINY = PretrainConfig(steps=6, batch_size=16, warmup=2, eval_every=3, eval_per_domain=4, threads=1)
 
@@ -63,3 +63,41 @@ def test_the_readme_quotes_the_card():
     assert f"{100 * last['retrieval_r1']:.1f} % image→caption" in readme
     assert f"**{card['minutes']:.0f} minutes on a 2-core CPU**" in readme
     assert f"{card['config']['steps']:,} steps of {card['config']['batch_size']} pairs" in readme
+
+
+def test_crop_pretraining_crops_its_share_of_each_batch_the_same_way_every_run():
+    """`pretrain-mini --crops`: the first crop_share of a batch are crops drawn from the step's own
+    generator (a resumed run sees the same ones); the rest, and every image of a run without
+    crops, reach the model as rendered."""
+    from clipnotes.pretrain import pretraining_images
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    assert pretraining_images(images, TINY, step=3) is images
+    cfg = PretrainConfig(crop_share=0.75)
+    seen = pretraining_images(images, cfg, step=3)
+    assert seen.shape == (8, 3, 16, 16) and seen.dtype == torch.float32
+    assert torch.equal(seen[6:], images[6:].float() / 255)
+    assert all(not torch.allclose(seen[i], images[i].float() / 255) for i in range(6))
+    assert torch.equal(pretraining_images(images, cfg, step=3), seen)
+    assert not torch.equal(pretraining_images(images, cfg, step=4)[:6], seen[:6])
+    with pytest.raises(ClipnotesError, match="crop_share must lie in"):
+        PretrainConfig(crop_share=1.5)
+
+
+def test_crops_change_the_run_key_and_leave_uncropped_keys_alone():
+    assert PretrainConfig(crop_share=0.75).key != PretrainConfig().key
+    assert PretrainConfig(crop_share=0.75).key != PretrainConfig(crop_share=0.75, crop_scale_min=0.3).key
+    assert PretrainConfig(crop_scale_min=0.3).key == PretrainConfig().key   # no crops: the scale is unused
+
+
+def test_the_readme_quotes_the_crops_card():
+    """Chapter 12's second model: the README's numbers are its card's, and the card's key is what
+    `pretrain-mini --crops` computes for its config today."""
+    from pathlib import Path
+
+    from clipnotes.models import mini_card
+    card, readme = mini_card("crops"), (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    last = card["log"][-1]
+    assert f"**{card['minutes']:.0f} minutes**" in readme
+    assert f"{100 * last['zs_mean']:.1f} % zero-shot and\n{100 * last['retrieval_r1']:.1f} % R@1" in readme
+    assert PretrainConfig(**card["config"]).key == card["config_key"]
+    assert card["config"]["crop_share"] == CROPS_SHARE

@@ -151,3 +151,43 @@ def test_the_paper_check_runs_fewer_views(monkeypatch):
     monkeypatch.setenv("CLIPNOTES_PAPER_CHECK", "1")
     check = tpt.tpt_budget(get_profile("paper"))
     assert check.views < 64 and len(check.scales) >= 2
+
+
+def test_augmix_views_keep_view_zero_and_are_seeded_per_image():
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    views = tpt.augmix_views(images, n_views=4, seed=3)
+    assert views.shape == (3, 4, 3, 16, 16) and 0 <= views.min() and views.max() <= 1
+    assert torch.equal(views[:, 0], images.float() / 255)
+    assert not torch.equal(views[:, 1], views[:, 0])                          # the others are changed
+    assert torch.equal(tpt.augmix_views(images[1:2], n_views=4, seed=3, ids=[1])[0], views[1])
+    assert not torch.equal(tpt.augmix_views(images, n_views=4, seed=4), views)
+    with pytest.raises(ClipnotesError, match="uint8"):
+        tpt.augmix_views(images.float() / 255, n_views=2)
+
+
+def test_augmix_moves_the_shape_by_a_few_pixels_at_most():
+    """Severity 1 (TPT's): the outline stays whole, at most a fifteenth of the side away."""
+    image = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    image[:, :, 24:40, 24:40] = 255
+    views = tpt.augmix_views(image, n_views=40, seed=0)[0, 1:].mean(1)        # (V, H, W)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    mass = views.sum((-1, -2))
+    centre = torch.stack([(views * ys).sum((-1, -2)) / mass, (views * xs).sum((-1, -2)) / mass], 1)
+    assert (centre - 31.5).abs().max() < 64 / 15
+
+
+def test_encode_views_knows_its_kinds(mini, tmp_path):
+    ds = World(0).zero_shot_test(1)
+    crops = tpt.encode_views(mini, ds, n_views=2, cache_dir=tmp_path)
+    augmix = tpt.encode_views(mini, ds, n_views=2, cache_dir=tmp_path, kind="augmix")
+    assert torch.allclose(crops[:, 0], augmix[:, 0]) and not torch.allclose(crops[:, 1], augmix[:, 1])
+    assert len(list(tmp_path.rglob("*.pt"))) == 2
+    with pytest.raises(ClipnotesError, match="kind of views"):
+        tpt.encode_views(mini, ds, n_views=2, kind="mixup")
+
+
+def test_views_need_one_id_per_image():
+    images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    for make in (tpt.augmented_views, tpt.augmix_views):
+        with pytest.raises(ClipnotesError, match="2 ids for 3 images"):
+            make(images, n_views=2, ids=[0, 1])
