@@ -17,7 +17,7 @@ def _doctor(args: argparse.Namespace) -> int:
     import torchvision
 
     from . import __version__
-    from .models import CROPS_CHECKPOINT, MINI_CHECKPOINT, create_mini, mini_card, verify_shipped_checkpoint
+    from .models import create_mini, mini_card, shipped_files, verify_shipped_checkpoint
     from .profiles import get_profile
     from .features import writable_dir
 
@@ -47,7 +47,7 @@ def _doctor(args: argparse.Namespace) -> int:
     for name, label in (("shipped", "mini checkpoint"), ("crops", "mini crops (ch. 12)")):
         try:
             sha, card = verify_shipped_checkpoint(name), mini_card(name)
-            size_mb = (MINI_CHECKPOINT if name == "shipped" else CROPS_CHECKPOINT).stat().st_size / 2**20
+            size_mb = shipped_files(name)[0].stat().st_size / 2**20
             create_mini(name)
             last = card["log"][-1]
             line("ok", label, f"sha256 {sha[:16]}… ({size_mb:.1f} MB, {card['parameters']:,} parameters); held-out "
@@ -86,7 +86,7 @@ def _doctor_paper(line) -> bool:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from .models import CROPS_CHECKPOINT, MINI_CHECKPOINT, mini_card
+    from .models import MINI_CHECKPOINT, mini_card, shipped_files
     from .pretrain import CROPS_SHARE, PretrainConfig, pretrain
     from .profiles import default_cache_dir
 
@@ -105,8 +105,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     last = card["log"][-1]
     print(f"done in {card['minutes']:.1f} min: zero-shot {last['zs_mean']:.1%}, R@1 {last['retrieval_r1']:.1%}; "
           f"weights {out} (sha256 {card['sha256'][:16]}…)")
-    name, shipped_weights = ("crops", CROPS_CHECKPOINT) if args.crops else ("shipped", MINI_CHECKPOINT)
-    if shipped_weights.exists():
+    name = "crops" if args.crops else "shipped"
+    if shipped_files(name)[0].exists():
         ref = mini_card(name)
         print(f"shipped checkpoint ({name}): zero-shot {ref['log'][-1]['zs_mean']:.1%}, "
               f"R@1 {ref['log'][-1]['retrieval_r1']:.1%}; identical weights: {card['sha256'] == ref['sha256']}")

@@ -117,7 +117,7 @@ def _quiet_open_clip():
 
 
 # ----------------------------------------------------------------------------- mini
-def _shipped_files(name: str) -> tuple[Path, Path, str]:
+def shipped_files(name: str) -> tuple[Path, Path, str]:
     """Weights, card and the command that remakes them, for a shipped tiny CLIP."""
     if name == "shipped":
         return MINI_CHECKPOINT, MINI_CARD, "python -m clipnotes pretrain-mini"
@@ -128,7 +128,7 @@ def _shipped_files(name: str) -> tuple[Path, Path, str]:
 
 def mini_card(name: str = "shipped") -> dict[str, Any]:
     """A shipped checkpoint's card (``"shipped"``, or chapter 12's ``"crops"``): sha256, training config, log."""
-    _, card, remake = _shipped_files(name)
+    _, card, remake = shipped_files(name)
     if not card.exists():
         raise ClipnotesError(f"the checkpoint card {card} is missing; reinstall clipnotes or run `{remake}`")
     return json.loads(card.read_text())
@@ -136,7 +136,7 @@ def mini_card(name: str = "shipped") -> dict[str, Any]:
 
 def verify_shipped_checkpoint(name: str = "shipped") -> str:
     """Check a shipped checkpoint against its card's sha256; return the hash."""
-    weights, _, remake = _shipped_files(name)
+    weights, _, remake = shipped_files(name)
     if not weights.exists():
         raise ClipnotesError(f"the shipped checkpoint {weights} is missing; reinstall clipnotes or run `{remake}`")
     expected, actual = mini_card(name)["sha256"], sha256_file(weights)
@@ -172,10 +172,9 @@ def create_mini(checkpoint: str | os.PathLike | None = "shipped", device: str | 
         torch.manual_seed(seed)
         model = open_clip.create_model(MINI_MODEL, pretrained=None)
     if checkpoint in SHIPPED_MINIS:
-        weights = _shipped_files(checkpoint)[0]
-        verify_shipped_checkpoint(checkpoint)
+        weights, sha = shipped_files(checkpoint)[0], verify_shipped_checkpoint(checkpoint)
         load_state_dict_checked(model, load_torch(weights, "shipped checkpoint"), str(weights))
-        tag = f"{checkpoint}-{mini_card(checkpoint)['sha256'][:12]}"
+        tag = f"{checkpoint}-{sha[:12]}"
     elif checkpoint is not None:
         load_state_dict_checked(model, load_torch(checkpoint, "checkpoint"), str(checkpoint))
         tag = f"file-{sha256_file(checkpoint)[:12]}"
@@ -238,7 +237,7 @@ def load_model(profile: Profile, frozen: bool = False, mini: str = "shipped") ->
     """The profile's model (``frozen=True``: the backbone of frozen-encoder chapters). ``mini`` picks
     the shipped tiny CLIP in ``mini`` (chapter 12's ``"crops"``); ``paper`` has one CLIP, trained on
     web images that already show objects at every scale, and ignores it."""
-    _shipped_files(mini)                        # an unknown name fails here, in either profile
+    shipped_files(mini)                        # an unknown name fails here, in either profile
     if profile.name == "mini":
         return create_mini(mini, profile.device)
     name = profile.frozen_model if frozen else profile.model
