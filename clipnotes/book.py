@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from .profiles import Profile, get_profile
 from .utils import ClipnotesError, save_json
@@ -101,15 +102,20 @@ def results_path(profile: Profile, chapter: str) -> Path:
 
 
 def save_results(profile: Profile, chapter: str, results: dict[str, Any],
-                 claims: Mapping[str, Any] | None = None) -> Path:
+                 claims: Mapping[str, Any] | None = None, reported: Mapping[str, Any] | None = None) -> Path:
     """Write a chapter's headline numbers (later chapters and the results page read them).
 
     ``claims``: the asserted differences, ``{sentence: clipnotes.stats.Gap}``, saved as value
     and margin. A chapter calls this after its assertions, so a file records claims that held.
+    ``reported``: differences the chapter measures but does not assert (the results page shows
+    them apart, pooled over the seeds that ran).
     """
+    as_dict = lambda gaps: {k: {"diff": float(g.diff), "margin": float(g.margin)} for k, g in gaps.items()}
     record = {"chapter": chapter, "profile": profile.name, "seed": profile.seed, **results}
     if claims:
-        record["claims"] = {k: {"diff": float(g.diff), "margin": float(g.margin)} for k, g in claims.items()}
+        record["claims"] = as_dict(claims)
+    if reported:
+        record["reported"] = as_dict(reported)
     return save_json(record, results_path(profile, chapter))
 
 
@@ -201,15 +207,16 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
     the papers' published numbers from its "Paper vs ours" box. A chapter's rows are the claims
     of its newest results file (a file from an older version may carry claims it no longer makes)."""
     by_chapter: dict[str, dict[tuple[str, int], dict]] = {}
-    newest: dict[str, tuple[float, list[str]]] = {}        # a chapter's claims as its newest run states them
+    newest: dict[str, tuple[float, list[str], list[str]]] = {}   # a chapter's claims as its newest run states them
     for f in sorted(Path(results_dir).glob("*-seed*.json")):
         record = json.loads(f.read_text())
         if record.get("claims") and record.get("profile") in ("mini", "paper"):
             run = (record["profile"], int(record["seed"]))
-            by_chapter.setdefault(record["chapter"], {})[run] = record["claims"]
+            reported = record.get("reported", {})
+            by_chapter.setdefault(record["chapter"], {})[run] = {**record["claims"], **reported}
             mtime = f.stat().st_mtime
-            if mtime >= newest.get(record["chapter"], (-1.0, []))[0]:
-                newest[record["chapter"]] = (mtime, list(record["claims"]))
+            if mtime >= newest.get(record["chapter"], (-1.0, [], []))[0]:
+                newest[record["chapter"]] = (mtime, list(record["claims"]), list(reported))
     if not by_chapter:
         return f"*No results files with claims in `{results_dir}` yet: run `make test` (and `make seeds`).*"
     out = []
@@ -228,14 +235,27 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
             out += [f"## {chapter}", ""]
         out += ["| claim | " + " | ".join(names) + " | range (mini) |", "| --- |" + " --- |" * (len(order) + 1)]
         # claims an older version of the chapter made, and its newest run no longer does, are left out
-        for claim in newest[chapter][1]:
+        _, asserted, reported = newest[chapter]
+        for claim in asserted + reported:
             vals = [runs[run].get(claim) for run in order]
             cells = [f"{100 * v['diff']:+.1f} ± {100 * v['margin']:.1f}" if v else "" for v in vals]
-            diffs = [100 * v["diff"] for run, v in zip(order, vals) if v and run[0] == "mini"]
+            mini = [v for run, v in zip(order, vals) if v and run[0] == "mini"]
+            diffs = [100 * v["diff"] for v in mini]
             spread = f"{min(diffs):+.1f} … {max(diffs):+.1f}" if diffs else ""
-            out.append(f"| {claim} | " + " | ".join(cells) + f" | {spread} |")
+            if claim in reported and len(mini) > 1:
+                spread += f"; pooled {pooled_points(mini)}"
+            name = f"{claim} *(reported, not asserted)*" if claim in reported else claim
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {spread} |")
         out.append("")
     return "\n".join(out)
+
+
+def pooled_points(runs: Sequence[Mapping[str, float]]) -> str:
+    """The mean of independent runs' differences and its margin, ``"+2.0 ± 0.6"`` in points: the
+    runs' margins (two standard errors each) combined in quadrature and divided by their number."""
+    diff = sum(r["diff"] for r in runs) / len(runs)
+    margin = math.sqrt(sum(r["margin"] ** 2 for r in runs)) / len(runs)
+    return f"{100 * diff:+.1f} ± {100 * margin:.1f}"
 
 
 #: The results page's ID–OOD figure: chapter 5's WiSE-FT curve and these rows of the chapters' saved tables.

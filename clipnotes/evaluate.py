@@ -27,6 +27,18 @@ def accuracy(pred_or_logits: torch.Tensor | np.ndarray, labels: torch.Tensor | n
     return float((p == y).float().mean()) if len(y) else float("nan")
 
 
+def correct_by_group(pred_or_logits: torch.Tensor, labels: torch.Tensor | np.ndarray,
+                     groups: Sequence[str] | np.ndarray, keep: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Per-image right (1) or wrong (0) for each group value in ``keep`` (default: every group, in
+    first-seen order): the per-image scores :func:`clipnotes.stats.paired_gap` pairs (chapter 12)."""
+    p = torch.as_tensor(pred_or_logits)
+    if p.ndim == 2:
+        p = p.argmax(1)
+    right = (p.cpu() == torch.as_tensor(labels).cpu()).numpy().astype(float)
+    groups = np.asarray(groups)
+    return {str(g): right[groups == g] for g in (keep if keep is not None else dict.fromkeys(groups.tolist()))}
+
+
 def accuracy_by_group(pred: torch.Tensor, labels: torch.Tensor, groups: Sequence[str] | np.ndarray) -> dict[str, float]:
     """Accuracy per group value (e.g. per domain), in first-seen order."""
     groups = np.asarray(groups)

@@ -178,25 +178,34 @@ def clap_benchmark(profile: Profile, n_val: int = 1000, shots_pool: int = 16) ->
 
 
 
-def tpt_benchmark(profile: Profile, per_style: int | None = None, shots: int = 16) -> Benchmark:
+def tpt_benchmark(profile: Profile, per_style: int | None = None, shots: int = 16,
+                  styles: Sequence[str] | None = None) -> Benchmark:
     """Chapter 12's task: ``per_style`` test images of every style (``groups``), classified one at a
     time, and ``shots`` labelled photos per class (``train``) for the CoOp context TPT can start from.
 
     mini: a fresh stream of the world's five styles (100 per style by default); paper: PACS's
     four domains, a seeded ``per_style`` (default 500) of chapter 8's test split of each, the
-    shots from chapter 8's photo pool. Photos are the source style in both.
+    shots from chapter 8's photo pool. Photos are the source style in both. ``styles``: only
+    these styles (another stream of images in mini, so its images are not the default set's).
     """
+    known = DOMAINS if profile.name == "mini" else PACS_DOMAINS
+    unknown = sorted(set(styles or ()) - set(known))
+    if unknown or (styles is not None and not styles):
+        raise ClipnotesError(f"unknown or no styles {unknown or list(styles or ())}; choose from {', '.join(known)}")
+    chosen = tuple(s for s in known if styles is None or s in styles)
+    tag = "" if styles is None else "-" + "-".join(chosen)
     if profile.name == "mini":
         w, n = World(profile.seed), len(CLASSNAMES)
-        test = w.zero_shot_test(per_style or 100, stream="tpt")
-        return Benchmark("mini world: five styles", test, list(CLASSNAMES), [T.PHOTO_TEMPLATE],
-                         test.factors.named("domain"), train=w.domain_split("photo", shots * n, stream="tpt-shots"))
+        test = w.zero_shot_test(per_style or 100, stream="tpt" + tag, domains=chosen)
+        name = "mini world: " + ("five styles" if styles is None else ", ".join(chosen))
+        return Benchmark(name, test, list(CLASSNAMES), [T.PHOTO_TEMPLATE], test.factors.named("domain"),
+                         train=w.domain_split("photo", shots * n, stream="tpt-shots"))
     pacs_task = clap_benchmark(profile, shots_pool=shots)
     groups, rng = np.array(pacs_task.groups), np.random.default_rng([profile.seed, 12])
     keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(groups == d))[:per_style or 500]
-                                   for d in PACS_DOMAINS]))
+                                   for d in chosen]))
     photos = np.flatnonzero(np.array(pacs_task.train_groups) == "photo")
-    return Benchmark("PACS", take_files(pacs_task.dataset, keep, f"PACS-tpt-s{profile.seed}-{per_style or 500}"),
+    return Benchmark("PACS", take_files(pacs_task.dataset, keep, f"PACS-tpt-s{profile.seed}-{per_style or 500}{tag}"),
                      pacs_task.classnames, pacs_task.templates, groups[keep].tolist(),
                      train=take_files(pacs_task.train, photos, f"PACS-tpt-shots-s{profile.seed}"))
 

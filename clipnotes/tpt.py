@@ -254,18 +254,23 @@ def view_scores(bundle: ClipBundle, learner: PromptLearner, views: torch.Tensor,
 
 @dataclass(frozen=True)
 class TptBudget:
-    """Chapter 12's experiment size: views per image (TPT's 64), the "few steps" run, and the crop
-    scales compared on ``sweep_per_style`` images per style with ``sweep_views`` views each."""
+    """Chapter 12's experiment size: views per image (TPT's 64), the "few steps" run, the crop
+    scales compared on ``sweep_per_style`` images per style with ``sweep_views`` views each, and
+    the shifted images per style the crop-pretrained tiny CLIP is tested on (``cause_per_style``;
+    ``None``: the main test images, as in ``paper``, where both models are the same CLIP)."""
 
     views: int = TPT_VIEWS
     few_steps: int = 4
     scales: tuple[tuple[float, float], ...] = ((0.08, 1.0), (0.3, 1.0), (0.75, 1.0), (1.0, 1.5))
     sweep_per_style: int = 40
     sweep_views: int = 16
+    cause_per_style: int | None = 200
 
 
 def tpt_budget(profile) -> TptBudget:
-    """TPT's 64 views for the main comparison; the paper check (ViT-B/16 on the CPU) four views, two scales."""
+    """TPT's 64 views for the main comparison; in ``paper`` section 4 reuses the main test images;
+    the paper check (ViT-B/16 on the CPU) four views, two scales."""
     if profile.paper_check:
-        return TptBudget(views=4, few_steps=2, scales=((0.08, 1.0), (1.0, 1.5)), sweep_per_style=1, sweep_views=2)
-    return TptBudget()
+        return TptBudget(views=4, few_steps=2, scales=((0.08, 1.0), (1.0, 1.5)), sweep_per_style=1, sweep_views=2,
+                         cause_per_style=None)
+    return TptBudget() if profile.name == "mini" else TptBudget(cause_per_style=None)

@@ -167,6 +167,9 @@ def test_tpt_chapter_path(paper):
     clap = tasks.clap_benchmark(paper, shots_pool=1)
     assert set(bench.dataset.paths) <= set(clap.dataset.paths)                 # chapter 8's test split
     assert len(bench.train) == 3 and all("photo" in str(p) for p in bench.train.paths)
+    shifted = tasks.tpt_benchmark(paper, per_style=2, shots=1, styles=["sketch", "cartoon"])
+    assert sorted(set(shifted.groups)) == ["cartoon", "sketch"] and len(shifted.dataset) == 4
+    assert tpt.tpt_budget(paper).cause_per_style is None           # section 4 reads the main images again
     torch.manual_seed(0)
     vit_b16 = create_paper("ViT-B-16-quickgelu", pretrained=None)
     views = tpt.encode_views(vit_b16, bench.dataset, n_views=3, cache_dir=paper.cache_dir, batch_size=4)

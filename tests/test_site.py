@@ -122,6 +122,24 @@ def test_results_page_reads_the_claims_of_every_seed(tmp_path):
     assert "## " + chapter_title(ROOT / "notebooks" / "05_wise_ft.ipynb") in page
 
 
+def test_results_page_shows_reported_differences_apart_and_pooled_over_seeds(tmp_path):
+    """A difference a chapter reports but does not assert is marked so, and pooled over the seeds:
+    the mean of the runs' differences, their margins combined in quadrature over their number."""
+    import dataclasses
+
+    from clipnotes.book import results_tables, save_results
+    from clipnotes.profiles import get_profile
+    from clipnotes.stats import Gap
+    for seed, diff in ((0, 0.021), (1, 0.011)):
+        prof = dataclasses.replace(get_profile("mini", seed=seed), cache_dir=tmp_path)
+        save_results(prof, "12_tpt", {}, claims={"a claim": Gap(0.3, 0.02)},
+                     reported={"a small gain": Gap(diff, 0.006)})       # margins 1.2 points each
+    table = results_tables(tmp_path / "results")
+    assert "| a claim | +30.0 ± 4.0 | +30.0 ± 4.0 | +30.0 … +30.0 |" in table
+    assert ("| a small gain *(reported, not asserted)* | +2.1 ± 1.2 | +1.1 ± 1.2 | +1.1 … +2.1; "
+            "pooled +1.6 ± 0.8 |") in table
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_results_page_quotes_each_chapters_published_numbers(chapter):
     """The paper's column of the chapter's "Paper vs ours" box, without our glued column

@@ -1,6 +1,7 @@
 """TPT (chapter 12): views, the confident-view selection, the loss, and batched tuning equal to one image at a time."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,6 +152,31 @@ def test_the_paper_check_runs_fewer_views(monkeypatch):
     monkeypatch.setenv("CLIPNOTES_PAPER_CHECK", "1")
     check = tpt.tpt_budget(get_profile("paper"))
     assert check.views < 64 and len(check.scales) >= 2
+
+
+def test_tpt_benchmark_can_hold_only_some_styles_as_new_images():
+    """Section 4's test set: only the shifted styles, from a stream of their own (not the main set's images)."""
+    from clipnotes import tasks
+    from clipnotes.profiles import get_profile
+    mini = get_profile("mini")
+    main = tasks.tpt_benchmark(mini, per_style=4)
+    some = tasks.tpt_benchmark(mini, per_style=4, styles=["sketch", "painting"])
+    assert sorted(set(some.groups)) == ["painting", "sketch"] and len(some.dataset) == 8
+    pairs = list(zip(some.groups, some.dataset.labels.tolist()))
+    assert len(set(pairs)) == 8 and sorted(set(some.dataset.labels.tolist())) == [0, 1, 2, 3]   # classes in turn
+    assert some.dataset.cache_key != main.dataset.cache_key
+    assert tpt.tpt_budget(mini).cause_per_style == 200
+    for bad in (["watercolour"], []):
+        with pytest.raises(ClipnotesError, match="styles"):
+            tasks.tpt_benchmark(mini, per_style=4, styles=bad)
+
+
+def test_correct_by_group_pairs_per_image_scores_by_style():
+    from clipnotes.evaluate import correct_by_group
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 2.0]])
+    right = correct_by_group(logits, torch.tensor([0, 0, 0, 1]), ["a", "b", "a", "b"])
+    assert list(right) == ["a", "b"] and right["a"].tolist() == [1, 1] and right["b"].tolist() == [0, 1]
+    assert list(correct_by_group(logits.argmax(1), np.array([0, 0, 0, 1]), np.array(list("abab")), ["b"])) == ["b"]
 
 
 def test_augmix_views_keep_view_zero_and_are_seeded_per_image():

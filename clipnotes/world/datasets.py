@@ -85,10 +85,11 @@ class World:
         return ds.images(), list(rv), list(cv)
 
     # -- the task datasets the chapters use ---------------------------------------------
-    def zero_shot_test(self, n_per_domain: int = 1000, stream: str = "test") -> "WorldDataset":
-        """Held-out images balanced over domains and classes (never seen in pretraining)."""
-        return self.dataset(stream, n_per_domain * len(DOMAINS), domain=Cycle(DOMAINS),
-                            shape=Cycle(range(len(CLASSNAMES)), every=len(DOMAINS)))
+    def zero_shot_test(self, n_per_domain: int = 1000, stream: str = "test",
+                       domains: Sequence[str] = DOMAINS) -> "WorldDataset":
+        """Held-out images balanced over ``domains`` (default: all) and classes (never seen in pretraining)."""
+        return self.dataset(stream, n_per_domain * len(domains), domain=Cycle(tuple(domains)),
+                            shape=Cycle(range(len(CLASSNAMES)), every=len(domains)))
 
     def finetune_sets(self, n_train: int = 20000, n_eval: int = 2000, spurious: float = 0.9,
                       domain: str = "photo") -> tuple["WorldDataset", dict[str, "WorldDataset"]]:
