@@ -207,16 +207,17 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
     the papers' published numbers from its "Paper vs ours" box. A chapter's rows are the claims
     of its newest results file (a file from an older version may carry claims it no longer makes)."""
     by_chapter: dict[str, dict[tuple[str, int], dict]] = {}
-    newest: dict[str, tuple[float, list[str], list[str]]] = {}   # a chapter's claims as its newest run states them
+    # a chapter's claims as its newest run in each profile states them (a profile may make fewer)
+    newest: dict[tuple[str, str], tuple[float, list[str], list[str]]] = {}
     for f in sorted(Path(results_dir).glob("*-seed*.json")):
         record = json.loads(f.read_text())
         if record.get("claims") and record.get("profile") in ("mini", "paper"):
             run = (record["profile"], int(record["seed"]))
             reported = record.get("reported", {})
             by_chapter.setdefault(record["chapter"], {})[run] = {**record["claims"], **reported}
-            mtime = f.stat().st_mtime
-            if mtime >= newest.get(record["chapter"], (-1.0, [], []))[0]:
-                newest[record["chapter"]] = (mtime, list(record["claims"]), list(reported))
+            mtime, which = f.stat().st_mtime, (record["chapter"], record["profile"])
+            if mtime >= newest.get(which, (-1.0, [], []))[0]:
+                newest[which] = (mtime, list(record["claims"]), list(reported))
     if not by_chapter:
         return f"*No results files with claims in `{results_dir}` yet: run `make test` (and `make seeds`).*"
     out = []
@@ -235,7 +236,9 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
             out += [f"## {chapter}", ""]
         out += ["| claim | " + " | ".join(names) + " | range (mini) |", "| --- |" + " --- |" * (len(order) + 1)]
         # claims an older version of the chapter made, and its newest run no longer does, are left out
-        _, asserted, reported = newest[chapter]
+        stated = [newest[(chapter, p)] for p in ("mini", "paper") if (chapter, p) in newest]
+        asserted = list(dict.fromkeys(c for _, claims, _ in stated for c in claims))
+        reported = list(dict.fromkeys(c for _, _, more in stated for c in more if c not in asserted))
         for claim in asserted + reported:
             vals = [runs[run].get(claim) for run in order]
             cells = [f"{100 * v['diff']:+.1f} ± {100 * v['margin']:.1f}" if v else "" for v in vals]

@@ -11,7 +11,7 @@ from torch import nn
 
 from .data import ImageDataset
 from .models import ClipBundle
-from .utils import code_fingerprint, load_torch, no_autocast, save_torch, stable_hash, weights_digest
+from .utils import ClipnotesError, code_fingerprint, load_torch, no_autocast, save_torch, stable_hash, weights_digest
 
 def logits(features: torch.Tensor, head: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Scaled cosine similarities, (N, C); ``features`` must be L2-normalised."""
@@ -27,7 +27,7 @@ def accuracy(pred_or_logits: torch.Tensor | np.ndarray, labels: torch.Tensor | n
     return float((p == y).float().mean()) if len(y) else float("nan")
 
 
-def correct_by_group(pred_or_logits: torch.Tensor, labels: torch.Tensor | np.ndarray,
+def correct_by_group(pred_or_logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
                      groups: Sequence[str] | np.ndarray, keep: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Per-image right (1) or wrong (0) for each group value in ``keep`` (default: every group, in
     first-seen order): the per-image scores :func:`clipnotes.stats.paired_gap` pairs (chapter 12)."""
@@ -36,7 +36,11 @@ def correct_by_group(pred_or_logits: torch.Tensor, labels: torch.Tensor | np.nda
         p = p.argmax(1)
     right = (p.cpu() == torch.as_tensor(labels).cpu()).numpy().astype(float)
     groups = np.asarray(groups)
-    return {str(g): right[groups == g] for g in (keep if keep is not None else dict.fromkeys(groups.tolist()))}
+    seen = list(dict.fromkeys(groups.tolist()))
+    missing = [g for g in (keep or ()) if g not in seen]
+    if missing:
+        raise ClipnotesError(f"no items in group(s) {', '.join(map(str, missing))}; the groups are {', '.join(map(str, seen))}")
+    return {str(g): right[groups == g] for g in (keep if keep is not None else seen)}
 
 
 def accuracy_by_group(pred: torch.Tensor, labels: torch.Tensor, groups: Sequence[str] | np.ndarray) -> dict[str, float]:

@@ -189,6 +189,8 @@ def tpt_benchmark(profile: Profile, per_style: int | None = None, shots: int = 1
     these styles (another stream of images in mini, so its images are not the default set's).
     """
     known = DOMAINS if profile.name == "mini" else PACS_DOMAINS
+    if isinstance(styles, str):
+        raise ClipnotesError(f"styles takes a list of style names, e.g. [{styles!r}], not a string")
     unknown = sorted(set(styles or ()) - set(known))
     if unknown or (styles is not None and not styles):
         raise ClipnotesError(f"unknown or no styles {unknown or list(styles or ())}; choose from {', '.join(known)}")

@@ -138,6 +138,12 @@ def test_results_page_shows_reported_differences_apart_and_pooled_over_seeds(tmp
     assert "| a claim | +30.0 ± 4.0 | +30.0 ± 4.0 | +30.0 … +30.0 |" in table
     assert ("| a small gain *(reported, not asserted)* | +2.1 ± 1.2 | +1.1 ± 1.2 | +1.1 … +2.1; "
             "pooled +1.6 ± 0.8 |") in table
+    # a newer paper run that makes fewer claims does not hide the mini runs' other rows
+    paper = dataclasses.replace(get_profile("mini", seed=0), name="paper", cache_dir=tmp_path)
+    save_results(paper, "12_tpt", {}, claims={"a claim": Gap(0.1, 0.02)})
+    table = results_tables(tmp_path / "results")
+    assert "| a claim | +30.0 ± 4.0 | +30.0 ± 4.0 | +10.0 ± 4.0 | +30.0 … +30.0 |" in table
+    assert "| a small gain *(reported, not asserted)* | +2.1 ± 1.2 | +1.1 ± 1.2 |  | +1.1 … +2.1; pooled" in table
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

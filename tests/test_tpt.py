@@ -166,7 +166,7 @@ def test_tpt_benchmark_can_hold_only_some_styles_as_new_images():
     assert len(set(pairs)) == 8 and sorted(set(some.dataset.labels.tolist())) == [0, 1, 2, 3]   # classes in turn
     assert some.dataset.cache_key != main.dataset.cache_key
     assert tpt.tpt_budget(mini).cause_per_style == 200
-    for bad in (["watercolour"], []):
+    for bad in (["watercolour"], [], "sketch"):
         with pytest.raises(ClipnotesError, match="styles"):
             tasks.tpt_benchmark(mini, per_style=4, styles=bad)
 
@@ -177,6 +177,8 @@ def test_correct_by_group_pairs_per_image_scores_by_style():
     right = correct_by_group(logits, torch.tensor([0, 0, 0, 1]), ["a", "b", "a", "b"])
     assert list(right) == ["a", "b"] and right["a"].tolist() == [1, 1] and right["b"].tolist() == [0, 1]
     assert list(correct_by_group(logits.argmax(1), np.array([0, 0, 0, 1]), np.array(list("abab")), ["b"])) == ["b"]
+    with pytest.raises(ClipnotesError, match="no items in group"):
+        correct_by_group(logits, torch.tensor([0, 0, 0, 1]), ["a", "b", "a", "b"], ["c"])
 
 
 def test_augmix_views_keep_view_zero_and_are_seeded_per_image():
