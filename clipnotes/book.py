@@ -231,7 +231,7 @@ def results_tables(results_dir: str | Path, notebooks: str | Path | None = None)
             published = published_numbers(notebook)
             if published:
                 out += ["The papers' numbers, as the chapter's box quotes them:", "", published, "",
-                        "What this book's runs asserted:", ""]
+                        "What this book's runs asserted (and, where marked, reported):", ""]
         else:
             out += [f"## {chapter}", ""]
         out += ["| claim | " + " | ".join(names) + " | range (mini) |", "| --- |" + " --- |" * (len(order) + 1)]

@@ -252,6 +252,17 @@ def view_scores(bundle: ClipBundle, learner: PromptLearner, views: torch.Tensor,
             "kept views": right.gather(1, kept).mean(1).numpy()}
 
 
+def control_share(control, tpt) -> str:
+    """How much of TPT's gain over the hand prompt the untuned confident-view control already
+    gives, in words (chapter 12): ``control`` and ``tpt`` are their :class:`clipnotes.stats.Gap`
+    over the hand prompt. A share only where TPT's gain clears its margin and the control gains."""
+    if not tpt.above():
+        return f"not defined, as TPT's gain here is within its noise (the control's: {control.points()})"
+    if control.diff <= 0:
+        return f"none: the control gains nothing here ({control.points()})"
+    return f"{control.diff / tpt.diff:.0%} of it"
+
+
 @dataclass(frozen=True)
 class TptBudget:
     """Chapter 12's experiment size: views per image (TPT's 64), the "few steps" run, the crop

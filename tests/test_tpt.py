@@ -219,3 +219,10 @@ def test_views_need_one_id_per_image():
     for make in (tpt.augmented_views, tpt.augmix_views):
         with pytest.raises(ClipnotesError, match="2 ids for 3 images"):
             make(images, n_views=2, ids=[0, 1])
+
+
+def test_control_share_is_a_share_only_where_tpt_gains_beyond_its_noise():
+    from clipnotes.stats import Gap
+    assert tpt.control_share(Gap(0.012, 0.005), Gap(0.02, 0.005)) == "60% of it"
+    assert tpt.control_share(Gap(-0.003, 0.005), Gap(0.02, 0.005)).startswith("none: the control gains nothing")
+    assert tpt.control_share(Gap(0.02, 0.005), Gap(0.005, 0.005)).startswith("not defined")
